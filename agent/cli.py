@@ -1,0 +1,467 @@
+"""The ``proconsul`` command line, with Consul's command and flag names.
+
+Flags take ``-flag`` or ``--flag`` and ``-flag=value``. Every command other
+than ``agent`` speaks HTTP to an agent (-http-addr, PROCONSUL_HTTP_ADDR or
+CONSUL_HTTP_ADDR). Failures print one line to stderr and exit 1; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+import sys
+from typing import Any, Callable, NoReturn
+
+from proconsul.agent.client import APIError, Client
+from proconsul.agent.version import __version__
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as one line, exit 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """Register -name and --name (Consul's Go flags accept both)."""
+    parser.add_argument(f"-{name}", f"--{name}", **kw)
+
+
+def _sub(subs: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return subs.add_parser(name, help=help, description=help, allow_abbrev=False)
+
+
+def _http_flags(p: argparse.ArgumentParser) -> None:
+    _flag(p, "http-addr", dest="http_addr", help="agent HTTP address (default: $PROCONSUL_HTTP_ADDR, $CONSUL_HTTP_ADDR, 127.0.0.1:8500)")
+    _flag(p, "token", help="ACL token (default: $CONSUL_HTTP_TOKEN)")
+    _flag(p, "datacenter", help="datacenter to query")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.http_addr, args.token, args.datacenter)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+# ----------------------------------------------------------------- agent
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from proconsul.agent import config as config_mod
+    from proconsul.agent import log as log_mod
+    from proconsul.agent.agent import Agent, StartupError
+
+    flags = {
+        "dev": args.dev,
+        "server": True if args.server else None,
+        "bootstrap": True if args.bootstrap else None,
+        "bootstrap_expect": args.bootstrap_expect,
+        "node_name": args.node,
+        "node_id": args.node_id,
+        "datacenter": args.datacenter,
+        "data_dir": args.data_dir,
+        "bind_addr": args.bind,
+        "client_addr": args.client,
+        "retry_join": tuple(args.retry_join) if args.retry_join else None,
+        "encrypt": args.encrypt,
+        "log_level": args.log_level,
+        "ui": True if args.ui else None,
+        "port_http": args.http_port,
+        "port_dns": args.dns_port,
+        "port_server": args.server_port,
+        "port_raft": args.raft_port,
+    }
+    if args.retry_interval:
+        from proconsul.api.params import parse_duration
+
+        try:
+            flags["retry_interval"] = parse_duration(args.retry_interval)
+        except ValueError:
+            raise CLIError(f"-retry-interval: {args.retry_interval!r} is not a duration like 30s") from None
+    try:
+        cfg = config_mod.build(flags, args.config_file or [], args.config_dir or [])
+    except config_mod.ConfigError as err:
+        raise CLIError(f"config: {err}") from None
+    log_mod.setup(cfg.log_level)
+    agent = Agent(cfg)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(agent.run())
+    except StartupError as err:
+        raise CLIError(str(err)) from None
+    return 0
+
+
+def _agent_parser(subs: Any) -> None:
+    p = _sub(subs, "agent", "Run an agent (server, or -dev for a one-node playground)")
+    _flag(p, "dev", action="store_true", help="one in-memory node that is server and agent, on 127.0.0.1")
+    _flag(p, "server", action="store_true", help="run as a Raft server")
+    _flag(p, "bootstrap", action="store_true", help="a single server that elects itself")
+    _flag(p, "bootstrap-expect", dest="bootstrap_expect", type=int, help="start Raft once this many servers found each other")
+    _flag(p, "node", help="node name (default: hostname)")
+    _flag(p, "node-id", dest="node_id", help="node ID (default: kept in the data dir)")
+    _flag(p, "datacenter", help="datacenter (default dc1)")
+    _flag(p, "data-dir", dest="data_dir", help="where Raft's journal, snapshots and agent state live")
+    _flag(p, "bind", help="address for the server and raft ports (default 127.0.0.1)")
+    _flag(p, "client", help="address for the HTTP and DNS ports (default 127.0.0.1)")
+    _flag(p, "retry-join", dest="retry_join", action="append", help="a server's server (RPC) address; repeatable")
+    _flag(p, "retry-interval", dest="retry_interval", help="time between join attempts")
+    _flag(p, "encrypt", help="cluster key (from `proconsul keygen`): authenticates and encrypts Raft traffic")
+    _flag(p, "log-level", dest="log_level", help="trace, debug, info, warn or err")
+    _flag(p, "ui", action="store_true", help="serve the web UI")
+    _flag(p, "http-port", dest="http_port", type=int)
+    _flag(p, "dns-port", dest="dns_port", type=int)
+    _flag(p, "server-port", dest="server_port", type=int)
+    _flag(p, "raft-port", dest="raft_port", type=int)
+    _flag(p, "config-file", dest="config_file", action="append", help="JSON config file; repeatable")
+    _flag(p, "config-dir", dest="config_dir", action="append", help="directory of JSON config files; repeatable")
+    p.set_defaults(run=cmd_agent)
+
+
+# ----------------------------------------------------------------- small commands
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    _out(f"proconsul v{__version__}")
+    _out(f"Python {sys.version.split()[0]}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    _out(base64.b64encode(secrets.token_bytes(32)).decode())
+    return 0
+
+
+# ----------------------------------------------------------------- kv
+
+
+def _kv_key(key: str) -> str:
+    return key[1:] if key.startswith("/") else key
+
+
+def cmd_kv_get(args: argparse.Namespace) -> int:
+    c = _client(args)
+    key = _kv_key(args.key or "")
+    if not key and not (args.recurse or args.keys):
+        raise CLIError("Error! Missing KEY argument")
+    stale = args.stale or None
+    if args.keys:
+        resp, keys = c.kv_get(key, keys=True, separator=args.separator, stale=stale)
+        for k in keys or []:
+            _out(k)
+        return 0
+    resp, entries = c.kv_get(key, recurse=args.recurse or None, stale=stale)
+    if entries is None:
+        if args.recurse:
+            return 0
+        raise CLIError(f"Error! No key exists at: {key}")
+
+    def value_of(e: dict) -> bytes:
+        return base64.b64decode(e["Value"]) if e.get("Value") else b""
+
+    def shown(e: dict) -> str:
+        raw = value_of(e)
+        return base64.b64encode(raw).decode() if args.base64 else raw.decode("utf-8", "replace")
+
+    if args.detailed:
+        blocks = []
+        for e in entries:
+            rows = [
+                ("CreateIndex", str(e["CreateIndex"])),
+                ("Flags", str(e["Flags"])),
+                ("Key", e["Key"]),
+                ("LockIndex", str(e["LockIndex"])),
+                ("ModifyIndex", str(e["ModifyIndex"])),
+                ("Session", e.get("Session") or "-"),
+                ("Value", shown(e)),
+            ]
+            blocks.append("\n".join(f"{k:<17}{v}" for k, v in rows))
+        _out("\n\n".join(blocks))
+    elif args.recurse:
+        for e in entries:
+            _out(f"{e['Key']}:{shown(e)}")
+    elif args.base64:
+        _out(shown(entries[0]))
+    else:
+        sys.stdout.buffer.write(value_of(entries[0]) + b"\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _read_data(arg: str | None, b64: bool) -> bytes:
+    if arg is None:
+        data = b""
+    elif arg == "-":
+        data = sys.stdin.buffer.read()
+    elif arg.startswith("@"):
+        try:
+            with open(arg[1:], "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise CLIError(f"Failed to read file: {err.strerror}: {arg[1:]}") from None
+    else:
+        data = arg.encode()
+    if b64:
+        try:
+            data = base64.b64decode(data, validate=True)
+        except ValueError as err:
+            raise CLIError(f"Error! Cannot base 64 decode data: {err}") from None
+    return data
+
+
+def cmd_kv_put(args: argparse.Namespace) -> int:
+    key = _kv_key(args.key or "")
+    if not key:
+        raise CLIError("Error! Missing KEY argument")
+    if (args.acquire or args.release) and not args.session:
+        raise CLIError("Error! Missing -session (required with -acquire and -release)")
+    data = _read_data(args.data, args.base64)
+    c = _client(args)
+    params: dict[str, Any] = {"flags": args.flags}
+    if args.cas:
+        params["cas"] = args.modify_index or 0
+        if not c.kv_put(key, data, **params):
+            if not args.modify_index:
+                raise CLIError(f"Error! Did not write to {key}: CAS performed with index=0 and key already exists.")
+            raise CLIError(f"Error! Did not write to {key}: CAS failed")
+    elif args.acquire:
+        if not c.kv_put(key, data, acquire=args.session, **params):
+            raise CLIError("Error! Did not acquire lock")
+        _out(f"Success! Lock acquired on: {key}")
+        return 0
+    elif args.release:
+        if not c.kv_put(key, data, release=args.session, **params):
+            raise CLIError("Error! Did not release lock")
+        _out(f"Success! Lock released on: {key}")
+        return 0
+    else:
+        c.kv_put(key, data, **params)
+    _out(f"Success! Data written to: {key}")
+    return 0
+
+
+def cmd_kv_delete(args: argparse.Namespace) -> int:
+    key = _kv_key(args.key or "")
+    if args.modify_index and not args.cas:
+        raise CLIError("Cannot specify -modify-index without -cas!")
+    if args.cas and args.recurse:
+        raise CLIError("Cannot specify both -cas and -recurse!")
+    if not key and not args.recurse:
+        raise CLIError("Error! Missing KEY argument")
+    c = _client(args)
+    if args.cas:
+        if not args.modify_index:
+            raise CLIError("Cannot delete a key that does not exist. Provide a -modify-index greater than 0.")
+        if not c.kv_delete(key, cas=args.modify_index):
+            raise CLIError(f"Error! Did not delete key {key}: CAS failed")
+        _out(f"Success! Deleted key: {key}")
+    elif args.recurse:
+        c.kv_delete(key, recurse=True)
+        _out(f"Success! Deleted keys with prefix: {key}")
+    else:
+        c.kv_delete(key)
+        _out(f"Success! Deleted key: {key}")
+    return 0
+
+
+def _kv_parser(subs: Any) -> None:
+    kv = _sub(subs, "kv", "Read and write the key/value store")
+    kvs = kv.add_subparsers(dest="kv_cmd", metavar="get|put|delete", parser_class=_Parser)
+    kvs.required = True
+
+    g = _sub(kvs, "get", "Read a key, or every key under a prefix")
+    g.add_argument("key", nargs="?")
+    _http_flags(g)
+    _flag(g, "recurse", action="store_true", help="every key under the prefix, as key:value")
+    _flag(g, "keys", action="store_true", help="only key names")
+    _flag(g, "separator", default="/", help="with -keys: roll up at this separator (default /)")
+    _flag(g, "detailed", action="store_true", help="every field of the entry")
+    _flag(g, "base64", action="store_true", help="print values base64-encoded")
+    _flag(g, "stale", action="store_true", help="any server may answer")
+    g.set_defaults(run=cmd_kv_get)
+
+    p = _sub(kvs, "put", "Write a key: DATA is a value, @file, or - for stdin")
+    p.add_argument("key", nargs="?")
+    p.add_argument("data", nargs="?")
+    _http_flags(p)
+    _flag(p, "cas", action="store_true", help="check-and-set against -modify-index (0: only if absent)")
+    _flag(p, "modify-index", dest="modify_index", type=int, default=0)
+    _flag(p, "flags", type=int, default=None, help="opaque uint64 stored with the key")
+    _flag(p, "base64", action="store_true", help="DATA is base64-encoded")
+    _flag(p, "acquire", action="store_true", help="acquire the key's lock with -session")
+    _flag(p, "release", action="store_true", help="release the key's lock held by -session")
+    _flag(p, "session")
+    p.set_defaults(run=cmd_kv_put)
+
+    d = _sub(kvs, "delete", "Delete a key, or every key under a prefix")
+    d.add_argument("key", nargs="?")
+    _http_flags(d)
+    _flag(d, "recurse", action="store_true")
+    _flag(d, "cas", action="store_true", help="delete only at -modify-index")
+    _flag(d, "modify-index", dest="modify_index", type=int, default=0)
+    d.set_defaults(run=cmd_kv_delete)
+
+
+# ----------------------------------------------------------------- snapshot
+
+
+def cmd_snapshot_save(args: argparse.Namespace) -> int:
+    from proconsul.server.snapshot import read_snapshot
+
+    c = _client(args)
+    resp = c.request("GET", "/v1/snapshot", {"stale": args.stale or None})
+    tmp = args.file + ".unverified"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(resp.content)
+        read_snapshot(tmp)
+        os.replace(tmp, args.file)
+    except OSError as err:
+        raise CLIError(f"Error saving snapshot: {err.strerror}: {err.filename}") from None
+    except ValueError as err:
+        raise CLIError(f"Error verifying snapshot file: {err}") from None
+    _out(f"Saved and verified snapshot to index {resp.headers.get('X-Consul-Index', '0')}")
+    return 0
+
+
+def cmd_snapshot_restore(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise CLIError(f"Error restoring snapshot: {err.strerror}: {args.file}") from None
+    _client(args).request("PUT", "/v1/snapshot", content=data)
+    _out("Restored snapshot")
+    return 0
+
+
+def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
+    from proconsul.server.snapshot import read_snapshot
+
+    try:
+        tables, meta = read_snapshot(args.file)
+    except ValueError as err:
+        raise CLIError(f"Error inspecting snapshot: {err}") from None
+    except Exception as err:
+        raise CLIError(f"Error inspecting snapshot: {err}") from None
+    _out(f"{'Index':<12}{meta.get('index', '')}")
+    for name in sorted(tables):
+        _out(f"{name:<12}{len(tables[name])} rows")
+    return 0
+
+
+def _snapshot_parser(subs: Any) -> None:
+    s = _sub(subs, "snapshot", "Save, restore and inspect snapshots of the whole state (SQLite files)")
+    ss = s.add_subparsers(dest="snap_cmd", metavar="save|restore|inspect", parser_class=_Parser)
+    ss.required = True
+    save = _sub(ss, "save", "Save a snapshot to FILE")
+    save.add_argument("file")
+    _http_flags(save)
+    _flag(save, "stale", action="store_true", help="any server may answer")
+    save.set_defaults(run=cmd_snapshot_save)
+    restore = _sub(ss, "restore", "Restore the snapshot in FILE (replaces all state)")
+    restore.add_argument("file")
+    _http_flags(restore)
+    restore.set_defaults(run=cmd_snapshot_restore)
+    inspect = _sub(ss, "inspect", "Show what a snapshot file holds")
+    inspect.add_argument("file")
+    inspect.set_defaults(run=cmd_snapshot_inspect)
+
+
+# ----------------------------------------------------------------- operator
+
+
+def cmd_raft_list_peers(args: argparse.Namespace) -> int:
+    config = _client(args).request("GET", "/v1/operator/raft/configuration", {"stale": args.stale or None}).json()
+    leader_index = max((s.get("LastIndex", 0) for s in config["Servers"] if s["Leader"]), default=0)
+    rows = [("Node", "ID", "Address", "State", "Voter", "RaftProtocol", "Commit Index", "Trails Leader By")]
+    for s in config["Servers"]:
+        behind = leader_index - s.get("LastIndex", 0)
+        trails = "-" if s["Leader"] else ("1 commit" if behind == 1 else f"{max(behind, 0)} commits")
+        rows.append(
+            (
+                s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
+                str(s["Voter"]).lower(), s.get("ProtocolVersion") or "<=1", str(s.get("LastIndex", 0)), trails,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_raft_remove_peer(args: argparse.Namespace) -> int:
+    if not args.address and not args.id:
+        raise CLIError("Error removing peer: an address or id is required for the peer to remove")
+    if args.address and args.id:
+        raise CLIError("Error removing peer: cannot give both an address and id")
+    params = {"address": args.address} if args.address else {"id": args.id}
+    try:
+        _client(args).request("DELETE", "/v1/operator/raft/peer", params)
+    except APIError as err:
+        raise CLIError(f"Error removing peer: {err}") from None
+    _out(f'Removed peer with address "{args.address}"' if args.address else f'Removed peer with id "{args.id}"')
+    return 0
+
+
+def _operator_parser(subs: Any) -> None:
+    op = _sub(subs, "operator", "Cluster operations")
+    ops = op.add_subparsers(dest="op_cmd", metavar="raft", parser_class=_Parser)
+    ops.required = True
+    raft = _sub(ops, "raft", "Inspect and change the Raft configuration")
+    rs = raft.add_subparsers(dest="raft_cmd", metavar="list-peers|remove-peer", parser_class=_Parser)
+    rs.required = True
+    lp = _sub(rs, "list-peers", "List the Raft voters")
+    _http_flags(lp)
+    _flag(lp, "stale", action="store_true")
+    lp.set_defaults(run=cmd_raft_list_peers)
+    rp = _sub(rs, "remove-peer", "Remove a (failed) server from the Raft configuration")
+    _http_flags(rp)
+    _flag(rp, "address", help="the server's address (IP:port)")
+    _flag(rp, "id", help="the server's node ID")
+    rp.set_defaults(run=cmd_raft_remove_peer)
+
+
+# ----------------------------------------------------------------- main
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="proconsul", description="Service registry, KV store and service mesh, compatible with Consul.", allow_abbrev=False)
+    subs = p.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+    subs.required = True
+    _agent_parser(subs)
+    v = _sub(subs, "version", "Print the version")
+    v.set_defaults(run=cmd_version)
+    k = _sub(subs, "keygen", "Make a cluster key for -encrypt")
+    k.set_defaults(run=cmd_keygen)
+    _kv_parser(subs)
+    _snapshot_parser(subs)
+    _operator_parser(subs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser().parse_args(argv)
+        run: Callable[[argparse.Namespace], int] = args.run
+        code = run(args)
+    except (CLIError, APIError) as err:
+        sys.stderr.write(f"{err}\n")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code)

@@ -1,0 +1,313 @@
+"""Agent configuration: defaults, Consul-style JSON config files, then flags, merged into one frozen RuntimeConfig.
+
+Config files use Consul's agent configuration keys, so an existing Consul
+config mostly just works; a key we do not know is an error naming the file
+and the key (Consul refuses unknown keys too), as is a value of the wrong type.
+Every error here is a ``ConfigError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from proconsul.api.params import parse_duration
+from proconsul.server.config import ServerConfig
+from proconsul.server.raft import RaftTuning
+
+
+class ConfigError(Exception):
+    """A configuration problem, stated in one line."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8500
+    https: int = -1
+    dns: int = 8600
+    server: int = 8300
+    raft: int = 8305
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Everything an agent runs with; a reload builds a new one."""
+
+    node_name: str
+    node_id: str = ""
+    datacenter: str = "dc1"
+    data_dir: str | None = None
+    dev: bool = False
+    server: bool = False
+    bootstrap: bool = False
+    bootstrap_expect: int = 0
+    retry_join: tuple[str, ...] = ()
+    retry_interval: float = 1.0
+    bind_addr: str = "127.0.0.1"
+    client_addr: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    encrypt: str | None = None
+    log_level: str = "INFO"
+    ui: bool = False
+    raft_snapshot_threshold: int = 16384
+    raft_snapshot_interval: float = 300.0
+    kv_max_value_size: int = 512 * 1024
+    txn_max_req_len: int = 512 * 1024
+    config_files: tuple[str, ...] = ()
+
+    def server_config(self) -> ServerConfig:
+        """The part a server needs."""
+        return ServerConfig(
+            node_name=self.node_name,
+            node_id=self.node_id,
+            datacenter=self.datacenter,
+            bind_addr=self.bind_addr,
+            server_port=self.ports.server,
+            raft_port=self.ports.raft,
+            data_dir=self.data_dir,
+            dev=self.dev,
+            bootstrap=self.bootstrap,
+            bootstrap_expect=self.bootstrap_expect,
+            retry_join=self.retry_join,
+            retry_interval=self.retry_interval,
+            encrypt=self.encrypt,
+            raft=RaftTuning(snapshot_threshold=self.raft_snapshot_threshold, snapshot_interval=self.raft_snapshot_interval),
+        )
+
+
+# Config-file keys and how to read them: name -> (field, kind). Kinds: str, int, bool, duration, list, ports, limits, ui.
+_FILE_KEYS: dict[str, tuple[str, str]] = {
+    "node_name": ("node_name", "str"),
+    "node_id": ("node_id", "str"),
+    "datacenter": ("datacenter", "str"),
+    "data_dir": ("data_dir", "str"),
+    "server": ("server", "bool"),
+    "bootstrap": ("bootstrap", "bool"),
+    "bootstrap_expect": ("bootstrap_expect", "int"),
+    "retry_join": ("retry_join", "list"),
+    "retry_interval": ("retry_interval", "duration"),
+    "bind_addr": ("bind_addr", "str"),
+    "client_addr": ("client_addr", "str"),
+    "ports": ("ports", "ports"),
+    "encrypt": ("encrypt", "str"),
+    "log_level": ("log_level", "str"),
+    "ui": ("ui", "bool"),
+    "ui_config": ("ui", "ui"),
+    "raft_snapshot_threshold": ("raft_snapshot_threshold", "int"),
+    "raft_snapshot_interval": ("raft_snapshot_interval", "duration"),
+    "limits": ("limits", "limits"),
+}
+_PORT_KEYS = {"http", "https", "dns", "server", "raft"}
+_LIMIT_KEYS = {"kv_max_value_size": "kv_max_value_size", "txn_max_req_len": "txn_max_req_len"}
+_LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERR": "ERROR", "ERROR": "ERROR"}
+
+
+def _typed(source: str, key: str, value: Any, kind: str) -> Any:
+    where = f"{source}: {key}"
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {json.dumps(value)}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {json.dumps(value)}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {json.dumps(value)}")
+        return value
+    if kind == "duration":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError:
+                raise ConfigError(f"{where}: {value!r} is not a duration like \"30s\" or \"5m\"") from None
+        raise ConfigError(f"{where}: expected a duration, got {json.dumps(value)}")
+    if kind == "list":
+        if isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {json.dumps(value)}")
+        return tuple(value)
+    raise AssertionError(kind)
+
+
+def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any) -> None:
+    if key not in _FILE_KEYS:
+        raise ConfigError(f"{source}: invalid config key {key}")
+    name, kind = _FILE_KEYS[key]
+    if kind == "ports":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: ports: expected an object")
+        for port, num in value.items():
+            if port not in _PORT_KEYS:
+                raise ConfigError(f"{source}: invalid config key ports.{port}")
+            fields.setdefault("ports", {})[port] = _typed(source, f"ports.{port}", num, "int")
+    elif kind == "limits":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: limits: expected an object")
+        for lim, num in value.items():
+            if lim not in _LIMIT_KEYS:
+                raise ConfigError(f"{source}: invalid config key limits.{lim}")
+            fields[_LIMIT_KEYS[lim]] = _typed(source, f"limits.{lim}", num, "int")
+    elif kind == "ui":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: ui_config: expected an object")
+        for sub, v in value.items():
+            if sub != "enabled":
+                raise ConfigError(f"{source}: invalid config key ui_config.{sub}")
+            fields["ui"] = _typed(source, "ui_config.enabled", v, "bool")
+    else:
+        fields[name] = _typed(source, key, value, kind)
+
+
+def config_files_in(paths: list[str], dirs: list[str]) -> list[str]:
+    """-config-file paths, then each -config-dir's *.json files in lexical order (Consul's order)."""
+    files = list(paths)
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ConfigError(f"{d}: config dir does not exist")
+        files += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".json")]
+    return files
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """One JSON config file as a flat field dict; ConfigError names the file and the problem."""
+    if path.endswith(".hcl"):
+        raise ConfigError(f"{path}: HCL config files are not supported yet; use the JSON form")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        _apply_file_value(fields, path, key, value)
+    return fields
+
+
+def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]) -> RuntimeConfig:
+    """Defaults, then config files in order, then flags; validated and with node name and ID resolved."""
+    files = config_files_in(config_files, config_dirs)
+    fields: dict[str, Any] = {}
+    if flags.get("dev"):
+        fields.update(dev=True, server=True, bootstrap=True, ui=True)
+    for path in files:
+        loaded = load_file(path)
+        ports = {**fields.get("ports", {}), **loaded.pop("ports", {})}
+        fields.update(loaded)
+        if ports:
+            fields["ports"] = ports
+    ports = dict(fields.pop("ports", {}))
+    for key, value in flags.items():
+        if value is None or key in ("dev",):
+            continue
+        if key.startswith("port_"):
+            ports[key[5:]] = value
+        else:
+            fields[key] = value
+    fields["ports"] = Ports(**ports)
+    fields["config_files"] = tuple(files)
+    fields.setdefault("node_name", socket.gethostname())
+    cfg = RuntimeConfig(**fields)
+    return _validate(cfg)
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
+
+
+def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
+    level = _LOG_LEVELS.get(cfg.log_level.upper())
+    if level is None:
+        raise ConfigError(f"log_level: unknown level {cfg.log_level!r} (trace, debug, info, warn, err)")
+    cfg = replace(cfg, log_level=level)
+    if not cfg.node_name:
+        raise ConfigError("node_name cannot be empty")
+    if cfg.bootstrap_expect < 0:
+        raise ConfigError("bootstrap_expect cannot be negative")
+    if cfg.bootstrap and cfg.bootstrap_expect > 1:
+        raise ConfigError("bootstrap and bootstrap_expect are mutually exclusive")
+    if cfg.bootstrap_expect and not cfg.server:
+        raise ConfigError("bootstrap_expect requires server mode (-server)")
+    if not cfg.dev and not cfg.data_dir:
+        raise ConfigError("data_dir cannot be empty: set -data-dir (only -dev runs without one)")
+    if not cfg.dev and not cfg.server:
+        raise ConfigError("client agents are not available yet: run with -server or -dev")
+    for name in ("http", "dns", "server", "raft"):
+        port = getattr(cfg.ports, name)
+        if not (port == -1 or 0 < port < 65536):
+            raise ConfigError(f"ports.{name}: {port} is not a port (1-65535, or -1 to disable)")
+    used = [(n, getattr(cfg.ports, n)) for n in ("http", "https", "server", "raft") if getattr(cfg.ports, n) > 0]
+    if cfg.dev:
+        used = [(n, p) for n, p in used if n != "raft"]
+    seen: dict[int, str] = {}
+    for name, port in used:
+        if port in seen:
+            raise ConfigError(f"ports.{name} and ports.{seen[port]} are both {port}")
+        seen[port] = name
+    if cfg.server and cfg.ports.server <= 0:
+        raise ConfigError("ports.server must be set on a server")
+    if cfg.server and not cfg.dev and cfg.ports.raft <= 0:
+        raise ConfigError("ports.raft must be set on a server")
+    if cfg.encrypt is not None:
+        try:
+            key = base64.b64decode(cfg.encrypt, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("encrypt: not a base64 key; make one with `proconsul keygen`") from None
+        if len(key) not in (16, 24, 32):
+            raise ConfigError(f"encrypt: key is {len(key)} bytes; it must be 16, 24 or 32 (`proconsul keygen` makes one)")
+    if cfg.server and not cfg.dev and not _is_loopback(cfg.bind_addr) and not cfg.encrypt:
+        raise ConfigError(
+            f"refusing to start: the raft port would listen on {cfg.bind_addr}:{cfg.ports.raft} without a cluster key, "
+            "and Raft peers exchange pickles; set -encrypt (make a key with `proconsul keygen`) or bind to loopback"
+        )
+    for addr in cfg.retry_join:
+        host, sep, port = addr.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"retry_join: {addr!r} is not host:port (a server's server port, e.g. 127.0.0.1:8300)")
+    if cfg.kv_max_value_size <= 0 or cfg.txn_max_req_len <= 0:
+        raise ConfigError("limits: kv_max_value_size and txn_max_req_len must be positive")
+    return replace(cfg, node_id=cfg.node_id or _node_id(cfg))
+
+
+def _node_id(cfg: RuntimeConfig) -> str:
+    """Consul's node ID: kept in the data dir so it survives restarts; random for an in-memory dev agent."""
+    if not cfg.data_dir:
+        return str(uuid.uuid4())
+    path = os.path.join(cfg.data_dir, "node-id")
+    try:
+        with open(path) as f:
+            node_id = f.read().strip()
+        if node_id:
+            return node_id
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    node_id = str(uuid.uuid4())
+    try:
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(node_id)
+    except OSError as err:
+        raise ConfigError(f"data_dir {cfg.data_dir}: cannot write: {err}") from None
+    return node_id

@@ -1,0 +1,91 @@
+"""The HTTP API: FastAPI hosting Consul's /v1 routes, lean handlers in front for the hot paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from proconsul.agent.version import __version__
+from proconsul.api import agent as agent_api
+from proconsul.api import internal, operator, snapshot, status, txn
+from proconsul.api.common import reply_response
+from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
+from proconsul.api.headers import COMMON
+from proconsul.api.kv import kv_route
+from proconsul.api.lean import App, LeanRoute, Reply, text_reply
+from proconsul.server.errors import ProconsulError
+
+
+def build_app(agent: Any) -> App:
+    """The ASGI app an agent serves on its HTTP port."""
+    api = FastAPI(
+        title="proconsul",
+        version=__version__,
+        description="Consul-compatible HTTP API: KV, transactions, status, operator, snapshots.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    api.state.agent = agent
+    for router in (status.router, operator.router, snapshot.router, txn.router, agent_api.router, internal.router):
+        api.include_router(router)
+    lean: list[LeanRoute] = [kv_route(agent)]
+
+    @api.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return reply_response(text_reply(200, "proconsul agent: the web UI is not built into this version."))
+
+    @api.exception_handler(ProconsulError)
+    async def domain_error(request: Request, err: ProconsulError) -> Response:
+        return reply_response(text_reply(status_for(err), str(err)))
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> Response:
+        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return reply_response(text_reply(400, f"Invalid request: {reasons}"))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 405:
+            allow = (err.headers or {}).get("Allow", "")
+            header = [(b"allow", allow_header([m.strip() for m in allow.split(",") if m.strip()]).encode())]
+            if request.method == "OPTIONS":
+                return reply_response(Reply(200, b"", header))
+            return reply_response(text_reply(405, method_not_allowed_body(request.method), header))
+        if err.status_code == 404:
+            return reply_response(text_reply(404, not_found_body(request.url.path)))
+        return reply_response(text_reply(err.status_code, str(err.detail)))
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+            for route in lean:
+                schema["paths"][route.openapi_path] = route.openapi
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+    return App(_with_common_headers(api), lean)
+
+
+def _with_common_headers(inner: Any) -> Any:
+    """Add Consul's every-response headers to what FastAPI sends (lean routes add their own)."""
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await inner(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
+            await send(message)
+
+        await inner(scope, receive, send_with_headers)
+
+    return app

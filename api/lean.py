@@ -1,0 +1,143 @@
+"""Lean ASGI handling for the hot paths, and the top-level ASGI app.
+
+FastAPI costs ~65 µs of CPU per request in routing and validation (DESIGN.md,
+"Performance facts"); the hot endpoints (KV now; health/service, catalog/service
+and check updates later) are plain ASGI handlers instead. ``App`` sends a
+request to the first lean route whose prefix matches and everything else to
+FastAPI, which still hosts the app and publishes the OpenAPI schema for both
+(lean routes contribute their path items through ``LeanRoute.openapi``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+from proconsul.api.errors import allow_header, method_not_allowed_body, status_for
+from proconsul.api.headers import COMMON, JSON, TEXT
+from proconsul.server.errors import ProconsulError, TooLarge
+
+log = logging.getLogger("proconsul.http")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class LeanRequest:
+    """The parts of an ASGI request a handler needs, parsed on demand."""
+
+    __slots__ = ("scope", "_receive", "method", "path", "_query", "_headers")
+
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> None:
+        self.scope = scope
+        self._receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self._query: dict[str, list[str]] | None = None
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            qs = self.scope["query_string"]
+            self._query = parse_qs(qs.decode("latin-1"), keep_blank_values=True) if qs else {}
+        return self._query
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
+        return self._headers
+
+    async def body(self, limit: int, too_large: Callable[[int], str]) -> bytes:
+        """The whole body; TooLarge (413) before reading when Content-Length says so, or once it passes ``limit``."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(too_large(int(declared)))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(too_large(size))
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: Headers = field(default_factory=list)
+
+
+def dump_json(obj: Any, pretty: bool) -> bytes:
+    """Consul's marshalJSON: compact, or 4-space indented with a trailing newline."""
+    if pretty:
+        return json.dumps(obj, indent=4).encode() + b"\n"
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def json_reply(obj: Any, pretty: bool, status: int = 200, headers: Headers | None = None) -> Reply:
+    return Reply(status, dump_json(obj, pretty), [JSON, *(headers or [])])
+
+
+def text_reply(status: int, text: str | bytes, headers: Headers | None = None) -> Reply:
+    body = text.encode() if isinstance(text, str) else text
+    return Reply(status, body, [TEXT, *(headers or [])] if body else list(headers or []))
+
+
+async def send_reply(send: Callable[[dict], Awaitable[None]], reply: Reply) -> None:
+    headers = [*COMMON, *reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+@dataclass
+class LeanRoute:
+    """A route served without FastAPI: every path under ``prefix``."""
+
+    prefix: str
+    methods: tuple[str, ...]
+    handler: Callable[[LeanRequest], Awaitable[Reply]]
+    openapi_path: str
+    openapi: dict[str, Any]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        req = LeanRequest(scope, receive)
+        if req.method == "OPTIONS":
+            reply = Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
+        elif req.method not in self.methods:
+            reply = text_reply(405, method_not_allowed_body(req.method), [(b"allow", allow_header(self.methods).encode())])
+        else:
+            try:
+                reply = await self.handler(req)
+            except ProconsulError as err:
+                reply = text_reply(status_for(err), str(err))
+            except Exception:
+                log.exception("%s %s failed", req.method, req.path)
+                reply = text_reply(500, "An unexpected error occurred")
+        await send_reply(send, reply)
+
+
+class App:
+    """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
+
+    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute]) -> None:
+        self.fastapi = fastapi_app
+        self.lean = [(r.prefix, r) for r in lean_routes]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for prefix, route in self.lean:
+                if path.startswith(prefix):
+                    await route(scope, receive, send)
+                    return
+        await self.fastapi(scope, receive, send)

@@ -1,0 +1,102 @@
+"""Query parameters shared by every endpoint: dc, token, index, wait, stale, consistent, pretty.
+
+Error texts are Consul's (agent/http.go parseWait / parseConsistency).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+from proconsul.server.errors import BadRequest
+from proconsul.server.structs import QueryOptions
+
+Query = Mapping[str, Sequence[str]]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration ("10s", "1m30s", "250ms", "0"), in seconds; raises ValueError."""
+    s = text.strip()
+    sign = 1.0
+    if s[:1] in "+-" and s:
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    if s == "0":
+        return 0.0
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    total, pos = 0.0, 0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return sign * total
+
+
+def parse_uint(text: str, what: str) -> int:
+    """A uint64 parameter, with a clear 400 when it is not one."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise BadRequest(f"Invalid {what}: {text!r} is not an unsigned integer") from None
+    if value < 0 or value >= 2**64:
+        raise BadRequest(f"Invalid {what}: {text!r} is out of range")
+    return value
+
+
+def first(query: Query, name: str, default: str = "") -> str:
+    values = query.get(name)
+    return values[0] if values else default
+
+
+def has(query: Query, name: str) -> bool:
+    return name in query
+
+
+def token_from(query: Query, headers: Mapping[str, str]) -> str:
+    """The ACL token: X-Consul-Token, then Authorization: Bearer, then ?token (Consul's order)."""
+    token = headers.get("x-consul-token", "")
+    if not token:
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            token = auth[7:].strip()
+    return token or first(query, "token")
+
+
+def query_options(query: Query, headers: Mapping[str, str]) -> QueryOptions:
+    """Consul's s.parse: dc, token, consistency, wait, index — with Consul's 400 messages."""
+    opts = QueryOptions(datacenter=first(query, "dc"), token=token_from(query, headers))
+    opts.stale = has(query, "stale")
+    opts.consistent = has(query, "consistent")
+    if opts.stale and opts.consistent:
+        raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if has(query, "max_stale"):
+        try:
+            if parse_duration(first(query, "max_stale")) > 0:
+                opts.stale = True
+        except ValueError:
+            raise BadRequest(f'Invalid max_stale value "{first(query, "max_stale")}"') from None
+    if has(query, "leader"):
+        opts.stale = opts.consistent = False
+    wait = first(query, "wait")
+    if wait:
+        try:
+            opts.wait = parse_duration(wait)
+        except ValueError:
+            raise BadRequest("Invalid wait time") from None
+        if opts.wait < 0:
+            raise BadRequest("Invalid wait time")
+    index = first(query, "index")
+    if index:
+        try:
+            opts.index = int(index, 10)
+            if not 0 <= opts.index < 2**64:
+                raise ValueError
+        except ValueError:
+            raise BadRequest("Invalid index") from None
+    return opts

@@ -1,0 +1,142 @@
+"""/v1/txn: Consul's transaction API (agent/txn_endpoint.go), KV operations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from proconsul.api.common import CONSISTENT, DC, STALE, TOKEN, agent_of, json_response, opts_of
+from proconsul.api.headers import leader_headers
+from proconsul.api.common import query_of
+from proconsul.api.params import token_from
+from proconsul.server.commands import TXN_KV_WRITE_VERBS, TxnKVOp, TxnRequest
+from proconsul.server.errors import BadRequest, TooLarge
+from proconsul.server.structs import QueryMeta, QueryOptions, TxnApply
+
+router = APIRouter(tags=["txn"])
+
+MAX_TXN_OPS = 128
+_KV_FIELDS = {"verb": "verb", "key": "key", "value": "value", "flags": "flags", "index": "index", "session": "session"}
+_UNSUPPORTED = ("node", "service", "check")
+
+
+def _fold(obj: dict, what: str) -> dict[str, Any]:
+    """Go's JSON decoding matches field names case-insensitively; keys folded to lower case."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str):
+            raise BadRequest(f"Failed to parse body: {what}: field names must be strings")
+        out[k.lower()] = v
+    return out
+
+
+def _uint(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+        raise BadRequest(f"Failed to parse body: {what} must be an unsigned integer")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"Failed to parse body: {what} must be a string")
+    return value
+
+
+def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
+    """The request body to KV ops, with Consul's 400/413 answers for what is wrong with it."""
+    try:
+        raw = json.loads(body)
+    except ValueError as err:
+        raise BadRequest(f"Failed to parse body: {err if body else 'EOF'}") from None
+    if not isinstance(raw, list):
+        raise BadRequest("Failed to parse body: expected a JSON array of operations")
+    if len(raw) > MAX_TXN_OPS:
+        raise TooLarge(f"Transaction contains too many operations ({len(raw)} > {MAX_TXN_OPS})")
+    ops: list[TxnKVOp] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise BadRequest(f"Failed to parse body: operation {i} is not an object")
+        item = _fold(item, f"operation {i}")
+        for name in item:
+            if name in _UNSUPPORTED:
+                raise BadRequest(f"Failed to parse body: operation {i}: {name.capitalize()} operations are not supported")
+            if name != "kv":
+                raise BadRequest(f'Failed to parse body: json: unknown field "{name}"')
+        kv = item.get("kv")
+        if kv is None:
+            raise BadRequest(f"Failed to parse body: operation {i} has no KV member")
+        if not isinstance(kv, dict):
+            raise BadRequest(f"Failed to parse body: operation {i}: KV must be an object")
+        kv = _fold(kv, f"operation {i}")
+        for name in kv:
+            if name not in _KV_FIELDS:
+                raise BadRequest(f'Failed to parse body: json: unknown field "{name}"')
+        key = _str(kv.get("key"), f"operation {i}: Key")
+        value = kv.get("value")
+        if value is not None:
+            if not isinstance(value, str):
+                raise BadRequest(f"Failed to parse body: operation {i}: Value must be a base64 string")
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as err:
+                raise BadRequest(f"Failed to parse body: operation {i}: Value is not valid base64: {err}") from None
+            if len(value) > max_value:
+                raise TooLarge(f'Value for key "{key}" is too large ({len(value)} > {max_value} bytes)')
+        ops.append(
+            TxnKVOp(
+                verb=_str(kv.get("verb"), f"operation {i}: Verb"),
+                key=key,
+                value=value,
+                flags=_uint(kv.get("flags"), f"operation {i}: Flags"),
+                index=_uint(kv.get("index"), f"operation {i}: Index"),
+                session=_str(kv.get("session"), f"operation {i}: Session"),
+            )
+        )
+    return ops
+
+
+@router.put(
+    "/v1/txn",
+    summary="Apply up to 128 KV operations atomically",
+    openapi_extra={
+        "parameters": [DC, TOKEN, STALE, CONSISTENT],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}},
+        },
+        "responses": {"409": {"description": "Rolled back: Errors names each failed operation"}},
+    },
+)
+async def txn(request: Request) -> Response:
+    agent = agent_of(request)
+    cfg = agent.config
+    max_len = max(cfg.txn_max_req_len, cfg.kv_max_value_size)
+    url = "https://developer.hashicorp.com/docs/agent/config/config-files#txn_max_req_len"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_len:
+        raise TooLarge(f"Request body({declared} bytes) too large, max size: {max_len} bytes. See {url}.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_len:
+            raise TooLarge(f"Request body too large, max size: {max_len} bytes. See {url}.")
+    ops = parse_ops(bytes(body), cfg.kv_max_value_size)
+    q = query_of(request)
+    headers: list[tuple[bytes, bytes]] = []
+    if any(op.verb in TXN_KV_WRITE_VERBS for op in ops):
+        opts = QueryOptions(datacenter=q.get("dc", [""])[0], token=token_from(q, request.headers))
+        result = await agent.rpc("Txn.Apply", TxnApply(TxnRequest(ops), opts))
+    else:
+        result = await agent.rpc("Txn.Read", TxnApply(TxnRequest(ops), opts_of(request)))
+        meta = QueryMeta(last_contact_ms=result["LastContact"] // 1_000_000, known_leader=result["KnownLeader"])
+        headers = leader_headers(meta)
+    return json_response(request, result, 409 if result["Errors"] else 200, headers)

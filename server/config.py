@@ -1,0 +1,37 @@
+"""What a server needs to know about itself; the agent builds it from its RuntimeConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proconsul.server.raft import RaftTuning
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    node_name: str
+    node_id: str
+    datacenter: str
+    bind_addr: str
+    server_port: int
+    raft_port: int
+    data_dir: str | None = None
+    dev: bool = False
+    bootstrap: bool = False
+    bootstrap_expect: int = 0
+    retry_join: tuple[str, ...] = ()
+    retry_interval: float = 1.0
+    encrypt: str | None = None
+    raft: RaftTuning = field(default_factory=RaftTuning)
+    rpc_hold_timeout: float = 7.0
+    tombstone_ttl: float = 900.0
+    tombstone_granularity: float = 30.0
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{self.bind_addr}:{self.server_port}"
+
+    @property
+    def raft_addr(self) -> str:
+        # A dev node is a lone voter that never listens for Raft peers; its identity is its RPC address.
+        return self.rpc_addr if self.dev else f"{self.bind_addr}:{self.raft_port}"

@@ -1,0 +1,85 @@
+"""Leader duties: what only the current leader does, started and stopped with leadership.
+
+Timers here live in memory and reset on every election; what they decide is
+proposed as a command and re-checked inside apply. Now: the first barrier
+(after which default-mode reads are safe on this leader) and tombstone reaping
+(Consul's TombstoneGC: tombstones live ``tombstone_ttl``, reaped in batches
+every ``tombstone_granularity``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Any
+
+from proconsul.server.commands import TombstoneRequest
+from proconsul.server.errors import ProconsulError
+
+log = logging.getLogger("proconsul.leader")
+
+
+class LeaderDuties:
+    """See the module docstring."""
+
+    def __init__(self, srv: Any) -> None:
+        self.srv = srv
+        self._tasks: list[asyncio.Task] = []
+        self._hints: collections.deque[tuple[float, int]] = collections.deque()
+        self.active = False
+
+    def start(self) -> None:
+        self.stop()
+        self.active = True
+        self._tasks = [
+            asyncio.create_task(self._establish(), name="leader-establish"),
+            asyncio.create_task(self._reap_tombstones(), name="leader-tombstones"),
+        ]
+
+    def stop(self) -> None:
+        self.active = False
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        self._hints.clear()
+
+    async def _establish(self) -> None:
+        """Commit a barrier so this leader has applied all its predecessors committed (Consul's establishLeadership)."""
+        srv = self.srv
+        while self.active:
+            try:
+                await srv.raft.barrier()
+                break
+            except ProconsulError as err:
+                log.debug("leadership barrier: %s", err)
+                await asyncio.sleep(0.05)
+        if not self.active:
+            return
+        srv.mark_consistent_ready()
+        # Tombstones written under earlier leaders: start their clock now, as Consul does.
+        indexes = srv.state.tombstone_indexes()
+        if indexes:
+            self.hint_tombstone(indexes[-1])
+
+    def hint_tombstone(self, index: int) -> None:
+        """The store made tombstones at ``index``: reap them once the TTL has passed."""
+        if self.active:
+            self._hints.append((time.monotonic(), index))
+
+    async def _reap_tombstones(self) -> None:
+        cfg = self.srv.config
+        while self.active:
+            await asyncio.sleep(cfg.tombstone_granularity)
+            cutoff = time.monotonic() - cfg.tombstone_ttl
+            reap = 0
+            while self._hints and self._hints[0][0] <= cutoff:
+                reap = max(reap, self._hints.popleft()[1])
+            if not reap:
+                continue
+            try:
+                await self.srv.raft.apply(TombstoneRequest(reap_index=reap))
+            except ProconsulError as err:
+                log.warning("tombstone reap at %d failed, will retry: %s", reap, err)
+                self._hints.appendleft((cutoff, reap))
