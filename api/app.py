@@ -15,7 +15,6 @@ from proconsul.api import agent as agent_api
 from proconsul.api import internal, operator, snapshot, status, txn
 from proconsul.api.common import reply_response
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
-from proconsul.api.headers import COMMON
 from proconsul.api.kv import kv_route
 from proconsul.api.lean import App, LeanRoute, Reply, text_reply
 from proconsul.server.errors import ProconsulError
@@ -70,22 +69,4 @@ def build_app(agent: Any) -> App:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
-    return App(_with_common_headers(api), lean)
-
-
-def _with_common_headers(inner: Any) -> Any:
-    """Add Consul's every-response headers to what FastAPI sends (lean routes add their own)."""
-
-    async def app(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await inner(scope, receive, send)
-            return
-
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
-            await send(message)
-
-        await inner(scope, receive, send_with_headers)
-
-    return app
+    return App(api, lean)

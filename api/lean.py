@@ -130,14 +130,22 @@ class App:
     """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
 
     def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute]) -> None:
-        self.fastapi = fastapi_app
+        self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            for prefix, route in self.lean:
-                if path.startswith(prefix):
-                    await route(scope, receive, send)
-                    return
-        await self.fastapi(scope, receive, send)
+        if scope["type"] != "http":
+            await self.fastapi_app(scope, receive, send)
+            return
+        path = scope["path"]
+        for prefix, route in self.lean:
+            if path.startswith(prefix):
+                await route(scope, receive, send)
+                return
+
+        async def send_with_common_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
+            await send(message)
+
+        await self.fastapi_app(scope, receive, send_with_common_headers)
