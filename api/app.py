@@ -26,7 +26,7 @@ def build_app(agent: Any) -> App:
         title="proconsul",
         version=__version__,
         description="Consul-compatible HTTP API: KV, transactions, status, operator, snapshots.",
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI loads from a CDN; the schema itself is served
         redoc_url=None,
         openapi_url="/openapi.json",
     )
