@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +21,25 @@ from proconsul.api.lean import App, LeanRoute, Reply, text_reply
 from proconsul.server.errors import ProconsulError
 
 
+ROUTERS = (status.router, operator.router, snapshot.router, txn.router, agent_api.router, internal.router)
+
+
+def route_table(app: App) -> list[tuple[str, frozenset[str]]]:
+    """(path, methods) of every documented route the app serves, FastAPI's and lean ones.
+
+    Tests walk this table (405s, the OpenAPI schema, later ACLs), so a new route
+    cannot slip past them: add routers to ROUTERS and lean routes to build_app.
+    """
+    methods: dict[str, set[str]] = {}
+    for router in ROUTERS:
+        for r in router.routes:
+            if isinstance(r, APIRoute) and r.include_in_schema:
+                methods.setdefault(r.path, set()).update(r.methods)
+    for _, route in app.lean:
+        methods.setdefault(route.openapi_path, set()).update(route.methods)
+    return [(path, frozenset(m)) for path, m in methods.items()]
+
+
 def build_app(agent: Any) -> App:
     """The ASGI app an agent serves on its HTTP port."""
     api = FastAPI(
@@ -31,7 +51,7 @@ def build_app(agent: Any) -> App:
         openapi_url="/openapi.json",
     )
     api.state.agent = agent
-    for router in (status.router, operator.router, snapshot.router, txn.router, agent_api.router, internal.router):
+    for router in ROUTERS:
         api.include_router(router)
     lean: list[LeanRoute] = [kv_route(agent)]
 

@@ -21,7 +21,7 @@ def kv_route(agent: Any) -> LeanRoute:
     max_value = agent.config.kv_max_value_size
     pretty_always = agent.config.dev
 
-    def too_large(size: int) -> str:
+    def too_large(size: int, declared: bool) -> str:
         return (
             f"Request body({size} bytes) too large, max size: {max_value} bytes. "
             "See https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size."

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
 from proconsul.api.errors import allow_header, method_not_allowed_body, status_for
@@ -51,23 +51,31 @@ class LeanRequest:
             self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
         return self._headers
 
-    async def body(self, limit: int, too_large: Callable[[int], str]) -> bytes:
-        """The whole body; TooLarge (413) before reading when Content-Length says so, or once it passes ``limit``."""
-        declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise TooLarge(too_large(int(declared)))
-        chunks: list[bytes] = []
-        size = 0
+    async def body(self, limit: int, too_large: Callable[[int, bool], str]) -> bytes:
+        """The whole body, refused past ``limit`` (see ``read_limited``)."""
+        return await read_limited(self._chunks(), self.headers.get("content-length"), limit, too_large)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
             message = await self._receive()
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(too_large(size))
-                chunks.append(chunk)
+            yield message.get("body", b"")
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return
+
+
+async def read_limited(
+    chunks: AsyncIterator[bytes], declared: str | None, limit: int, too_large: Callable[[int, bool], str]
+) -> bytes:
+    """A request body, with TooLarge (413) before reading when Content-Length exceeds ``limit``, or
+    as soon as a body without one does. ``too_large(size, declared)`` words the refusal."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(too_large(int(declared), True))
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(too_large(len(body), False))
+    return bytes(body)
 
 
 @dataclass

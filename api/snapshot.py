@@ -7,8 +7,7 @@ from starlette.responses import Response
 
 from proconsul.api.common import DC, STALE, TOKEN, agent_of, opts_of, reply_response
 from proconsul.api.headers import meta_headers
-from proconsul.api.lean import Reply
-from proconsul.server.errors import TooLarge
+from proconsul.api.lean import Reply, read_limited
 from proconsul.server.structs import DatacenterRequest, SnapshotRestore
 
 router = APIRouter(tags=["snapshot"])
@@ -36,13 +35,11 @@ async def snapshot_save(request: Request) -> Response:
     },
 )
 async def snapshot_restore(request: Request) -> Response:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_SNAPSHOT:
-        raise TooLarge(f"Snapshot too large: {declared} bytes, max {MAX_SNAPSHOT}")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_SNAPSHOT:
-            raise TooLarge(f"Snapshot too large: more than {MAX_SNAPSHOT} bytes")
-    await agent_of(request).rpc("Snapshot.Restore", SnapshotRestore(bytes(data), opts_of(request)))
+    data = await read_limited(
+        request.stream(),
+        request.headers.get("content-length"),
+        MAX_SNAPSHOT,
+        lambda size, declared: f"Snapshot too large: {'' if declared else 'more than '}{size} bytes, max {MAX_SNAPSHOT}",
+    )
+    await agent_of(request).rpc("Snapshot.Restore", SnapshotRestore(data, opts_of(request)))
     return Response(status_code=200)

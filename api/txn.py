@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from proconsul.api.common import CONSISTENT, DC, STALE, TOKEN, agent_of, json_response, opts_of
 from proconsul.api.headers import leader_headers
+from proconsul.api.lean import read_limited
 from proconsul.api.common import query_of
 from proconsul.api.params import token_from
 from proconsul.server.commands import TXN_KV_WRITE_VERBS, TxnKVOp, TxnRequest
@@ -121,15 +122,15 @@ async def txn(request: Request) -> Response:
     cfg = agent.config
     max_len = max(cfg.txn_max_req_len, cfg.kv_max_value_size)
     url = "https://developer.hashicorp.com/docs/agent/config/config-files#txn_max_req_len"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_len:
-        raise TooLarge(f"Request body({declared} bytes) too large, max size: {max_len} bytes. See {url}.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_len:
-            raise TooLarge(f"Request body too large, max size: {max_len} bytes. See {url}.")
-    ops = parse_ops(bytes(body), cfg.kv_max_value_size)
+
+    def too_large(size: int, declared: bool) -> str:
+        # Consul's two wordings: Content-Length checked up front, or the body overflowing while read.
+        if declared:
+            return f"Request body({size} bytes) too large, max size: {max_len} bytes. See {url}."
+        return f"Request body too large, max size: {max_len} bytes. See {url}."
+
+    body = await read_limited(request.stream(), request.headers.get("content-length"), max_len, too_large)
+    ops = parse_ops(body, cfg.kv_max_value_size)
     q = query_of(request)
     headers: list[tuple[bytes, bytes]] = []
     if any(op.verb in TXN_KV_WRITE_VERBS for op in ops):

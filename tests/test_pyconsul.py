@@ -96,3 +96,13 @@ def test_pyconsul_kv_and_txn_against_a_cluster(cluster3: Cluster):
         config = c.operator.raft_config()
         assert len(config["Servers"]) == 3
     exercise_blocking(client(cluster3.followers()[0]), "py/clusterwatch")
+
+
+@pytest.mark.parametrize("key", ["ünï/ключ", "per%25cent", "a b", "q?mark", "emoji/🎉", "x%2Fy"])
+def test_pyconsul_keys_round_trip_through_real_http(dev_agent: AgentProc, key: str):
+    c = client(dev_agent)
+    assert c.kv.put(f"rt/{key}", key) is True
+    _, entry = c.kv.get(f"rt/{key}")
+    assert entry["Key"] == f"rt/{key}" and entry["Value"] == key.encode()
+    _, keys = c.kv.get("rt/", keys=True)
+    assert f"rt/{key}" in keys

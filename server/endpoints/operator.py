@@ -17,7 +17,9 @@ async def raft_get_configuration(srv: Any, args: DatacenterRequest, hops: int) -
     if done:
         return result
     raft = srv.raft
-    last_indexes = await raft.on_tick_thread(lambda: _last_indexes(raft)) if raft.started else {}
+    if raft is None:  # a server still waiting for bootstrap-expect peers (only ?stale gets here)
+        return {"Servers": [], "Index": 0}
+    last_indexes = await raft.on_tick_thread(lambda: _last_indexes(raft))
     leader = raft.leader()
     servers = []
     for addr in raft.peers():
