@@ -1,8 +1,10 @@
-"""The agent process: HTTP API and, on servers, the Raft server, all on one asyncio loop.
+"""The agent process: HTTP API, local state, checks, anti-entropy and heartbeats — and on servers, the Raft server.
 
-``rpc(method, args)`` is how the HTTP layer reaches the servers: a direct call
-into the in-process server on a server agent (client agents, which forward over
-server RPC, arrive with the agents issue).
+One asyncio loop carries everything. ``rpc(method, args)`` is how the agent
+reaches the servers: a direct call into the in-process server on a server
+agent, server RPC (with failover) on a client agent. ``/v1/agent/*`` answers
+from local state; catalog and health reads go through ``rpc``; the CLI speaks
+HTTP only.
 """
 
 from __future__ import annotations
@@ -16,11 +18,49 @@ from typing import Any
 
 import uvicorn
 
+from proconsul.agent.antientropy import AntiEntropy
+from proconsul.agent.checkmgr import CheckManager
 from proconsul.agent.config import RuntimeConfig
+from proconsul.agent.local import LocalState
+from proconsul.agent.metrics import Metrics
+from proconsul.agent.persist import AgentStore
+from proconsul.agent.router import ServerRouter
+from proconsul.agent.structs import CheckDef, ServiceDef
+from proconsul.agent.version import __version__
 from proconsul.api.app import build_app
+from proconsul.server.codec import to_wire
+from proconsul.server.commands import RegisterRequest
+from proconsul.server.errors import BadRequest, NotFound, ProconsulError
 from proconsul.server.server import Server
+from proconsul.server.state.members import tagged_addresses
+from proconsul.server.structs import HeartbeatRequest, HelloRequest, MemberRequest
 
 log = logging.getLogger("proconsul.agent")
+
+SERVICE_MAINT_PREFIX = "_service_maintenance:"
+NODE_MAINT_ID = "_node_maintenance"
+DEFAULT_SERVICE_MAINT_REASON = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
+DEFAULT_NODE_MAINT_REASON = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
+SCRIPTS_DISABLED_REMOTE = (
+    "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true"
+)
+SCRIPTS_DISABLED = (
+    "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "
+    "'enable_local_script_checks' to true"
+)
+
+
+def _ip_tagged_addresses(svc: Any) -> None:
+    """Consul's addServiceInternal: a service with an IP literal address gets lan_/wan_ipv4 (or ipv6) tags."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(svc.address)
+    except ValueError:
+        return
+    suffix = "ipv4" if ip.version == 4 else "ipv6"
+    for tag in (f"lan_{suffix}", f"wan_{suffix}"):
+        svc.tagged_addresses.setdefault(tag, {"Address": svc.address, "Port": svc.port})
 
 
 class _Uvicorn(uvicorn.Server):
@@ -52,16 +92,273 @@ def _listen(host: str, port: int, what: str) -> socket.socket:
 class Agent:
     """See the module docstring."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, config_inputs: tuple[dict, list[str], list[str]] | None = None) -> None:
         self.config = config
+        # What the config was built from (flags, -config-file, -config-dir), so reload can rebuild it.
+        self._config_inputs = config_inputs
+        self.metrics = Metrics()
         self.server: Server | None = Server(config.server_config()) if config.server else None
+        self.router: ServerRouter | None = None if config.server else ServerRouter(list(config.retry_join))
+        self.local = LocalState(
+            AgentStore(config.data_dir) if config.data_dir else None, check_update_interval=config.check_update_interval
+        )
+        self.checks = CheckManager(self)
+        self.ae = AntiEntropy(self)
+        self.local.on_sync_needed = self.ae.trigger
+        self.connected = False
         self._http: _Uvicorn | None = None
-        self._http_task: asyncio.Task | None = None
-        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._register_gauges()
+
+    # ------------------------------------------------------------- servers
 
     async def rpc(self, method: str, args: Any) -> Any:
-        """Call a server endpoint (in-process on a server agent)."""
-        return await self.server.call(method, args)
+        """Call a server endpoint: in-process on a server agent, over server RPC on a client."""
+        if self.server is not None:
+            return await self.server.call(method, args)
+        return await self.router.call(method, args)
+
+    def agent_token(self) -> str:
+        """The token anti-entropy and heartbeats use (ACLs arrive with their own issue)."""
+        return ""
+
+    def node_registration(self) -> RegisterRequest:
+        """This node as anti-entropy registers it."""
+        cfg = self.config
+        return RegisterRequest(
+            node=cfg.node_name,
+            id=cfg.node_id,
+            address=cfg.advertise,
+            datacenter=cfg.datacenter,
+            tagged_addresses=tagged_addresses(cfg.advertise),
+            node_meta={"consul-network-segment": "", **cfg.node_meta},
+        )
+
+    def member_tags(self) -> dict[str, str]:
+        """Consul's serf tags for this agent."""
+        cfg = self.config
+        tags = {"dc": cfg.datacenter, "id": cfg.node_id, "role": "consul" if cfg.server else "node", "vsn": "2", "build": __version__}
+        if cfg.server:
+            tags.update(port=str(cfg.ports.server), raft_vsn="3", expect=str(cfg.bootstrap_expect))
+        return tags
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self.config
+        req = HeartbeatRequest(
+            name=cfg.node_name,
+            id=cfg.node_id,
+            address=cfg.advertise,
+            datacenter=cfg.datacenter,
+            role="consul" if cfg.server else "node",
+            port=cfg.ports.server if cfg.server else 0,
+            tags=self.member_tags(),
+        )
+        while True:
+            try:
+                reply = await self.rpc("Internal.Heartbeat", req)
+                if self.router is not None:
+                    self.router.update(reply.servers)
+                if not self.connected:
+                    log.info("in contact with the servers (leader %s)", reply.leader or "unknown")
+                    self.connected = True
+                    self.ae.trigger_full()
+            except ProconsulError as err:
+                if self.connected:
+                    log.warning("lost contact with the servers: %s", err)
+                self.connected = False
+            await asyncio.sleep(cfg.liveness_interval)
+
+    # ------------------------------------------------------------- services and checks
+
+    def _allow_script(self, defn: CheckDef, source: str) -> None:
+        if defn.kind != "script":
+            return
+        cfg = self.config
+        if cfg.enable_script_checks or (source == "config" and cfg.enable_local_script_checks):
+            return
+        raise BadRequest(SCRIPTS_DISABLED_REMOTE if source == "api" else SCRIPTS_DISABLED)
+
+    async def register_service(self, defn: ServiceDef, source: str = "api", replace_existing_checks: bool = False) -> None:
+        """Add or replace a service and its checks (Consul's AddService); validated before anything changes."""
+        for check in defn.checks:
+            self._allow_script(check, source)
+        sid = defn.service.id
+        _ip_tagged_addresses(defn.service)
+        wanted = {c.id for c in defn.checks}
+        if replace_existing_checks:
+            for old in self.local.service_checks(sid):
+                if old.defn.id not in wanted:
+                    await self.deregister_check(old.defn.id)
+        self.local.add_service(defn, source)
+        for check in defn.checks:
+            check.service_id = sid
+            await self._add_check(check, source)
+
+    async def deregister_service(self, service_id: str) -> None:
+        """Remove a service and its checks; NotFound when there is no such service."""
+        if self.local.service(service_id) is None:
+            raise NotFound(f'Unknown service ID "{service_id}". Ensure that the service ID is passed, not the service name.')
+        for c in self.local.service_checks(service_id):
+            await self.checks.remove(c.defn.id)
+        self.local.remove_service(service_id)
+
+    async def register_check(self, defn: CheckDef, source: str = "api") -> None:
+        """Add or replace a check (Consul's AddCheck): its service, if any, must be registered here."""
+        self._allow_script(defn, source)
+        if defn.service_id and self.local.service(defn.service_id) is None:
+            raise NotFound(f'ServiceID "{defn.service_id}" does not exist')
+        await self._add_check(defn, source)
+
+    async def _add_check(self, defn: CheckDef, source: str) -> None:
+        previous = self.local.check(defn.id)
+        # Re-registering a check keeps its last status and output, as Consul's AddCheck does.
+        keep = previous is not None and previous.defn.kind == defn.kind
+        self.local.add_check(defn, source, status=previous.status if keep else None, output=previous.output if keep else None)
+        await self.checks.add(defn)
+
+    async def deregister_check(self, check_id: str) -> None:
+        if self.local.check(check_id) is None:
+            raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check name.')
+        await self.checks.remove(check_id)
+        self.local.remove_check(check_id)
+
+    def update_ttl_check(self, check_id: str, status: str, output: str) -> None:
+        """pass/warn/fail/update: only TTL checks take outside updates, as in Consul."""
+        check = self.local.check(check_id)
+        if check is None:
+            raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check name.')
+        if not self.checks.ttl_update(check_id, status, output):
+            raise BadRequest(f'CheckID "{check_id}" does not have associated TTL')
+
+    async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
+        """Consul's EnableServiceMaintenance / DisableServiceMaintenance."""
+        svc = self.local.service(service_id)
+        if svc is None:
+            raise NotFound(f'Unknown service ID "{service_id}". Ensure that the service ID is passed, not the service name.')
+        check_id = SERVICE_MAINT_PREFIX + service_id
+        if enable:
+            if self.local.check(check_id) is None:
+                defn = CheckDef(
+                    id=check_id,
+                    name="Service Maintenance Mode",
+                    kind="maintenance",
+                    service_id=service_id,
+                    notes=reason or DEFAULT_SERVICE_MAINT_REASON,
+                    status="critical",
+                )
+                self.local.add_check(defn, "api")
+                log.info("service %s entered maintenance mode", service_id)
+        elif self.local.check(check_id) is not None:
+            self.local.remove_check(check_id)
+            log.info("service %s left maintenance mode", service_id)
+
+    async def node_maintenance(self, enable: bool, reason: str) -> None:
+        """Consul's EnableNodeMaintenance / DisableNodeMaintenance."""
+        if enable:
+            if self.local.check(NODE_MAINT_ID) is None:
+                defn = CheckDef(
+                    id=NODE_MAINT_ID,
+                    name="Node Maintenance Mode",
+                    kind="maintenance",
+                    notes=reason or DEFAULT_NODE_MAINT_REASON,
+                    status="critical",
+                )
+                self.local.add_check(defn, "api")
+                log.info("node entered maintenance mode")
+        elif self.local.check(NODE_MAINT_ID) is not None:
+            self.local.remove_check(NODE_MAINT_ID)
+            log.info("node left maintenance mode")
+
+    async def _load_definitions(self) -> None:
+        """Persisted API registrations first, then config files (which win on a clash, as in Consul)."""
+        services, checks = self.local.load_persisted()
+        for defn in services:
+            await self._restore(self.register_service, defn)
+        for check in checks:
+            if check.kind == "maintenance":
+                self.local.add_check(check, "api")
+            elif self.local.check(check.id) is None:
+                await self._restore(self.register_check, check)
+        await self._load_config_definitions(self.config)
+
+    async def _restore(self, register: Any, defn: Any) -> None:
+        try:
+            await register(defn)
+        except ProconsulError as err:
+            log.warning("not restoring %s: %s", getattr(defn, "id", defn), err)
+
+    async def _load_config_definitions(self, cfg: RuntimeConfig) -> None:
+        for defn in cfg.services:
+            await self.register_service(ServiceDef.from_json(defn.to_json()), "config")
+        for check in cfg.checks:
+            await self.register_check(CheckDef.from_json(check.to_json()), "config")
+
+    def rebuild_config(self) -> RuntimeConfig:
+        """Read the config files again (ConfigError when they are broken: the running config stays)."""
+        from proconsul.agent import config as config_mod
+
+        if self._config_inputs is None:
+            return self.config
+        flags, files, dirs = self._config_inputs
+        return config_mod.build(flags, files, dirs)
+
+    async def reload(self, new: RuntimeConfig) -> None:
+        """Consul's reload: config-file services and checks are replaced; the rest of the config too."""
+        for sid, s in list(self.local.services.items()):
+            if s.source == "config" and not s.deleted:
+                await self.deregister_service(sid)
+        for cid, c in list(self.local.checks.items()):
+            if c.source == "config" and not c.deleted:
+                await self.deregister_check(cid)
+        self.config = new
+        await self._load_config_definitions(new)
+        log.info("configuration reloaded from %s", ", ".join(new.config_files) or "flags")
+
+    async def join(self, addr: str) -> None:
+        """/v1/agent/join: a client adds a server to use; a server introduces itself to another server."""
+        if self.server is None:
+            self.router.add(addr)
+            return
+        members = self.server.members
+        raw = await self.server.pool.call(addr, "Server.Hello", to_wire(HelloRequest(me=members.me, known=members.servers())), timeout=5.0)
+        from proconsul.server.codec import from_wire
+        from proconsul.server.structs import HelloReply
+
+        reply = from_wire(HelloReply, raw)
+        members.merge([reply.me, *reply.known])
+
+    async def leave(self) -> None:
+        """Leave the cluster gracefully (the node leaves the catalog; a server leaves Raft), then shut down."""
+        try:
+            await self.rpc("Internal.Leave", MemberRequest(name=self.config.node_name))
+            log.info("left the cluster")
+        except ProconsulError as err:
+            log.warning("leaving the cluster: %s", err)
+        self._stop.set()
+
+    # ------------------------------------------------------------- metrics
+
+    def _register_gauges(self) -> None:
+        def gauges() -> list[tuple[str, float, dict[str, str]]]:
+            out = [
+                ("agent.services", float(len(self.local.live_services())), {}),
+                ("agent.checks", float(len(self.local.live_checks())), {}),
+            ]
+            if self.server is not None:
+                nodes, services, checks = self.server.state.catalog_counts()
+                out += [
+                    ("catalog.nodes", float(nodes), {}),
+                    ("catalog.service_instances", float(services), {}),
+                    ("catalog.checks", float(checks), {}),
+                ]
+            return out
+
+        self.metrics.add_gauge_source(gauges)
+        if self.server is not None:
+            self.server.metrics = self.metrics
+
+    # ------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         cfg = self.config
@@ -71,6 +368,12 @@ class Agent:
                 await self.server.start()
             except OSError as err:
                 raise StartupError(f"cannot listen for server RPC on {cfg.bind_addr}:{cfg.ports.server}: {err.strerror or err}") from None
+        await self._load_definitions()
+        self.checks.start()
+        self._tasks += [
+            asyncio.create_task(self.ae.run(), name="anti-entropy"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+        ]
         if http_sock is not None:
             config = uvicorn.Config(
                 build_app(self),
@@ -84,9 +387,10 @@ class Agent:
                 server_header=False,
             )
             self._http = _Uvicorn(config)
-            self._http_task = asyncio.create_task(self._http.serve(sockets=[http_sock]), name="http")
+            self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock]), name="http"))
         log.info(
-            "started: node %s, datacenter %s, http %s:%s, server rpc %s",
+            "started %s: node %s, datacenter %s, http %s:%s, server rpc %s",
+            "server" if cfg.server else "client",
             cfg.node_name, cfg.datacenter, cfg.client_addr, cfg.ports.http,
             f"{cfg.bind_addr}:{cfg.ports.server}" if cfg.server else "off",
         )
@@ -94,25 +398,36 @@ class Agent:
     async def stop(self) -> None:
         if self._http is not None:
             self._http.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "http":
+                task.cancel()
+        http = [t for t in self._tasks if t.get_name() == "http"]
+        if http:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._http_task, 3)
+                await asyncio.wait_for(http[0], 3)
+        await self.checks.stop()
         if self.server is not None:
             await self.server.stop()
-        self._stopped.set()
+        if self.router is not None:
+            self.router.pool.close()
+        if self.local._persist is not None:
+            self.local._persist.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     async def run(self) -> None:
-        """Start, serve until SIGINT or SIGTERM, then stop gracefully (a second signal exits at once)."""
+        """Start, serve until SIGINT or SIGTERM (or /v1/agent/leave), then stop gracefully."""
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, stop)
+            loop.add_signal_handler(sig, self._on_signal)
         await self.start()
-        await stop.wait()
-        log.info("caught signal, shutting down")
+        await self._stop.wait()
+        log.info("shutting down")
         await self.stop()
 
-    def _on_signal(self, stop: asyncio.Event) -> None:
-        if stop.is_set():
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
             log.warning("second signal: exiting now")
             raise SystemExit(1)
-        stop.set()
+        self._stop.set()

@@ -81,7 +81,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "port_dns": args.dns_port,
         "port_server": args.server_port,
         "port_raft": args.raft_port,
+        "advertise_addr": args.advertise,
+        "enable_script_checks": True if args.enable_script_checks else None,
+        "enable_local_script_checks": True if args.enable_local_script_checks else None,
     }
+    if args.node_meta:
+        meta = {}
+        for item in args.node_meta:
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise CLIError(f"-node-meta: {item!r} is not key:value")
+            meta[key] = value
+        flags["node_meta"] = meta
     if args.retry_interval:
         from proconsul.api.params import parse_duration
 
@@ -94,7 +105,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as err:
         raise CLIError(f"config: {err}") from None
     log_mod.setup(cfg.log_level)
-    agent = Agent(cfg)
+    agent = Agent(cfg, (flags, args.config_file or [], args.config_dir or []))
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(agent.run())
@@ -104,7 +115,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _agent_parser(subs: Any) -> None:
-    p = _sub(subs, "agent", "Run an agent (server, or -dev for a one-node playground)")
+    p = _sub(subs, "agent", "Run an agent: a client (-retry-join a server), a server (-server), or -dev for a one-node playground")
     _flag(p, "dev", action="store_true", help="one in-memory node that is server and agent, on 127.0.0.1")
     _flag(p, "server", action="store_true", help="run as a Raft server")
     _flag(p, "bootstrap", action="store_true", help="a single server that elects itself")
@@ -120,6 +131,10 @@ def _agent_parser(subs: Any) -> None:
     _flag(p, "encrypt", help="cluster key (from `proconsul keygen`): authenticates and encrypts Raft traffic")
     _flag(p, "log-level", dest="log_level", help="trace, debug, info, warn or err")
     _flag(p, "ui", action="store_true", help="serve the web UI")
+    _flag(p, "advertise", help="address other nodes reach this one at (default: -bind)")
+    _flag(p, "node-meta", dest="node_meta", action="append", help="key:value node metadata; repeatable")
+    _flag(p, "enable-script-checks", dest="enable_script_checks", action="store_true", help="allow script checks from the API and config files")
+    _flag(p, "enable-local-script-checks", dest="enable_local_script_checks", action="store_true", help="allow script checks from config files only")
     _flag(p, "http-port", dest="http_port", type=int)
     _flag(p, "dns-port", dest="dns_port", type=int)
     _flag(p, "server-port", dest="server_port", type=int)
@@ -431,6 +446,267 @@ def _operator_parser(subs: Any) -> None:
     rp.set_defaults(run=cmd_raft_remove_peer)
 
 
+# ----------------------------------------------------------------- cluster and catalog
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        _out("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    members = _client(args).request("GET", "/v1/agent/members").json()
+    status = {1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+    rows = [("Node", "Address", "Status", "Type", "Build", "Protocol", "DC")]
+    for m in sorted(members, key=lambda m: m["Name"]):
+        tags = m.get("Tags") or {}
+        port = f":{m['Port']}" if m.get("Port") else ""
+        kind = "server" if tags.get("role") == "consul" else "client"
+        rows.append((m["Name"], f"{m['Addr']}{port}", status.get(m["Status"], "none"), kind, tags.get("build", ""), "2", tags.get("dc", "")))
+    _table(rows)
+    return 0
+
+
+def cmd_catalog_datacenters(args: argparse.Namespace) -> int:
+    for dc in _client(args).request("GET", "/v1/catalog/datacenters").json():
+        _out(dc)
+    return 0
+
+
+def cmd_catalog_nodes(args: argparse.Namespace) -> int:
+    params = {"node-meta": args.node_meta}
+    nodes = _client(args).request("GET", "/v1/catalog/nodes", params).json()
+    if args.service:
+        entries = _client(args).request("GET", f"/v1/catalog/service/{args.service}").json()
+        names = {e["Node"] for e in entries}
+        nodes = [n for n in nodes if n["Node"] in names]
+    rows = [("Node", "ID", "Address", "DC")]
+    rows += [(n["Node"], (n.get("ID") or "")[:8], n["Address"], n["Datacenter"]) for n in nodes]
+    _table(rows)
+    return 0
+
+
+def cmd_catalog_services(args: argparse.Namespace) -> int:
+    c = _client(args)
+    if args.node:
+        found = c.request("GET", f"/v1/catalog/node/{args.node}").json()
+        if not found:
+            raise CLIError(f'Error listing services for node: No node "{args.node}"')
+        services = {s["Service"]: s["Tags"] for s in found["Services"].values()}
+    else:
+        services = c.request("GET", "/v1/catalog/services", {"node-meta": args.node_meta}).json()
+    if args.tags:
+        _table([(name, ",".join(sorted(tags))) for name, tags in sorted(services.items())] or [("", "")])
+    else:
+        for name in sorted(services):
+            _out(name)
+    return 0
+
+
+def _service_defs_from_file(path: str) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise CLIError(f"Error reading {path}: {err.strerror}") from None
+    except ValueError as err:
+        raise CLIError(f"Error parsing {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"Error parsing {path}: expected a JSON object")
+    defs = []
+    if "service" in data:
+        defs.append(data["service"])
+    if "services" in data:
+        if not isinstance(data["services"], list):
+            raise CLIError(f"Error parsing {path}: services must be a list")
+        defs.extend(data["services"])
+    if not defs and any(k.lower() in ("name", "id") for k in data):
+        defs.append(data)  # a bare definition, as the HTTP API takes it
+    if not defs:
+        raise CLIError(f"Error parsing {path}: no service definition (expected a service or services block)")
+    return defs
+
+
+def cmd_services_register(args: argparse.Namespace) -> int:
+    import json
+
+    from proconsul.agent.structs import parse_service
+    from proconsul.server.errors import ProconsulError
+
+    if args.file:
+        defs = [d for f in args.file for d in _service_defs_from_file(f)]
+    elif args.name:
+        meta = {}
+        for item in args.meta or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CLIError(f"Error parsing -meta: {item!r} is not key=value")
+            meta[key] = value
+        defs = [{"Name": args.name, "ID": args.id or args.name, "Address": args.address or "", "Port": args.port or 0,
+                 "Tags": args.tag or [], "Meta": meta}]
+    else:
+        raise CLIError("Error! Must specify a service definition file or -name")
+    c = _client(args)
+    for d in defs:
+        try:
+            name = parse_service(d, strict=bool(args.file)).service.service
+        except ProconsulError as err:
+            raise CLIError(f"Error parsing service definition: {err}") from None
+        c.request("PUT", "/v1/agent/service/register", content=json.dumps(d).encode())
+        _out(f"Registered service: {name}")
+    return 0
+
+
+def cmd_services_deregister(args: argparse.Namespace) -> int:
+    ids = [args.id] if args.id else []
+    for f in args.file or []:
+        for d in _service_defs_from_file(f):
+            fields = {k.lower(): v for k, v in d.items()}
+            ids.append(fields.get("id") or fields.get("name"))
+    if not ids:
+        raise CLIError("Error! Must specify a service ID with -id or a definition file")
+    c = _client(args)
+    for sid in ids:
+        try:
+            c.request("PUT", f"/v1/agent/service/deregister/{sid}")
+        except APIError as err:
+            raise CLIError(f"Error deregistering service {sid!r}: {err}") from None
+        _out(f"Deregistered service: {sid}")
+    return 0
+
+
+def cmd_maint(args: argparse.Namespace) -> int:
+    if args.enable and args.disable:
+        raise CLIError("Only one of -enable or -disable may be provided")
+    c = _client(args)
+    if not args.enable and not args.disable:
+        checks = c.request("GET", "/v1/agent/checks").json()
+        for cid, chk in sorted(checks.items()):
+            if cid == "_node_maintenance":
+                _out(f"Node:\n  Name:   {chk['Node']}\n  Reason: {chk['Notes']}\n")
+            elif cid.startswith("_service_maintenance:"):
+                _out(f"Service:\n  ID:     {chk['ServiceID']}\n  Reason: {chk['Notes']}\n")
+        return 0
+    params = {"enable": "true" if args.enable else "false", "reason": args.reason}
+    state = "enabled" if args.enable else "disabled"
+    if args.service:
+        try:
+            c.request("PUT", f"/v1/agent/service/maintenance/{args.service}", params)
+        except APIError as err:
+            raise CLIError(f"Error: {err}") from None
+        _out(f'Service maintenance is now {state} for "{args.service}"')
+    else:
+        c.request("PUT", "/v1/agent/maintenance", params)
+        _out(f"Node maintenance is now {state}")
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    c = _client(args)
+    joined = 0
+    for addr in args.address:
+        try:
+            c.request("PUT", f"/v1/agent/join/{addr}")
+            joined += 1
+        except APIError as err:
+            raise CLIError(f"Error joining address '{addr}': {err}") from None
+    _out(f"Successfully joined cluster by contacting {joined} nodes.")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    _client(args).request("PUT", "/v1/agent/leave")
+    _out("Graceful leave complete")
+    return 0
+
+
+def cmd_force_leave(args: argparse.Namespace) -> int:
+    try:
+        _client(args).request("PUT", f"/v1/agent/force-leave/{args.node}", {"prune": args.prune or None})
+    except APIError as err:
+        raise CLIError(f"Error force leaving: {err}") from None
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        _client(args).request("PUT", "/v1/agent/reload")
+    except APIError as err:
+        raise CLIError(f"Error reloading: {err}") from None
+    _out("Configuration reload triggered")
+    return 0
+
+
+def _cluster_parsers(subs: Any) -> None:
+    m = _sub(subs, "members", "List the cluster's agents and their liveness")
+    _http_flags(m)
+    m.set_defaults(run=cmd_members)
+
+    cat = _sub(subs, "catalog", "Read the catalog")
+    cats = cat.add_subparsers(dest="cat_cmd", metavar="services|nodes|datacenters", parser_class=_Parser)
+    cats.required = True
+    dcs = _sub(cats, "datacenters", "List datacenters")
+    _http_flags(dcs)
+    dcs.set_defaults(run=cmd_catalog_datacenters)
+    nodes = _sub(cats, "nodes", "List nodes")
+    _http_flags(nodes)
+    _flag(nodes, "service", help="only nodes running this service")
+    _flag(nodes, "node-meta", dest="node_meta", help="key:value the node must have")
+    nodes.set_defaults(run=cmd_catalog_nodes)
+    svcs = _sub(cats, "services", "List services")
+    _http_flags(svcs)
+    _flag(svcs, "node", help="only services on this node")
+    _flag(svcs, "tags", action="store_true", help="show tags")
+    _flag(svcs, "node-meta", dest="node_meta", help="key:value the node must have")
+    svcs.set_defaults(run=cmd_catalog_services)
+
+    services = _sub(subs, "services", "Register and deregister services with the local agent")
+    ss = services.add_subparsers(dest="svc_cmd", metavar="register|deregister", parser_class=_Parser)
+    ss.required = True
+    reg = _sub(ss, "register", "Register services from FILEs (config format) or from flags")
+    reg.add_argument("file", nargs="*")
+    _http_flags(reg)
+    _flag(reg, "name")
+    _flag(reg, "id")
+    _flag(reg, "address")
+    _flag(reg, "port", type=int)
+    _flag(reg, "tag", action="append")
+    _flag(reg, "meta", action="append", help="key=value; repeatable")
+    reg.set_defaults(run=cmd_services_register)
+    dereg = _sub(ss, "deregister", "Deregister services by -id or from FILEs")
+    dereg.add_argument("file", nargs="*")
+    _http_flags(dereg)
+    _flag(dereg, "id")
+    dereg.set_defaults(run=cmd_services_deregister)
+
+    maint = _sub(subs, "maint", "Put the node or a service in or out of maintenance mode (no flags: show)")
+    _http_flags(maint)
+    _flag(maint, "enable", action="store_true")
+    _flag(maint, "disable", action="store_true")
+    _flag(maint, "service", help="a service ID (default: the whole node)")
+    _flag(maint, "reason", help="shown in the maintenance check's notes")
+    maint.set_defaults(run=cmd_maint)
+
+    join = _sub(subs, "join", "Join servers (their server RPC addresses)")
+    join.add_argument("address", nargs="+")
+    _http_flags(join)
+    join.set_defaults(run=cmd_join)
+    leave = _sub(subs, "leave", "Leave the cluster gracefully and stop the local agent")
+    _http_flags(leave)
+    leave.set_defaults(run=cmd_leave)
+    fl = _sub(subs, "force-leave", "Move a failed node to left")
+    fl.add_argument("node")
+    _http_flags(fl)
+    _flag(fl, "prune", action="store_true")
+    fl.set_defaults(run=cmd_force_leave)
+    rl = _sub(subs, "reload", "Make the local agent re-read its config files")
+    _http_flags(rl)
+    rl.set_defaults(run=cmd_reload)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -446,6 +722,7 @@ def parser() -> argparse.ArgumentParser:
     _kv_parser(subs)
     _snapshot_parser(subs)
     _operator_parser(subs)
+    _cluster_parsers(subs)
     return p
 
 

@@ -18,8 +18,11 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proconsul.agent import structs
+
 from proconsul.api.params import parse_duration
 from proconsul.server.config import ServerConfig
+from proconsul.server.errors import ProconsulError
 from proconsul.server.raft import RaftTuning
 
 
@@ -61,6 +64,25 @@ class RuntimeConfig:
     kv_max_value_size: int = 512 * 1024
     txn_max_req_len: int = 512 * 1024
     config_files: tuple[str, ...] = ()
+    advertise_addr: str = ""
+    node_meta: dict[str, str] = field(default_factory=dict)
+    enable_script_checks: bool = False
+    enable_local_script_checks: bool = False
+    check_update_interval: float = 300.0
+    ae_interval: float = 60.0
+    liveness_interval: float = 2.0
+    liveness_timeout: float = 10.0
+    reconnect_timeout: float = 72 * 3600.0
+    check_reap_interval: float = 30.0
+    check_deregister_interval_min: float = 60.0
+    # Service and check definitions from config files, already validated.
+    services: tuple[Any, ...] = ()
+    checks: tuple[Any, ...] = ()
+
+    @property
+    def advertise(self) -> str:
+        """The address other nodes reach this one at (Consul's advertise_addr, default the bind address)."""
+        return self.advertise_addr or self.bind_addr
 
     def server_config(self) -> ServerConfig:
         """The part a server needs."""
@@ -79,6 +101,8 @@ class RuntimeConfig:
             retry_interval=self.retry_interval,
             encrypt=self.encrypt,
             raft=RaftTuning(snapshot_threshold=self.raft_snapshot_threshold, snapshot_interval=self.raft_snapshot_interval),
+            node_failure_timeout=self.liveness_timeout,
+            reconnect_timeout=self.reconnect_timeout,
         )
 
 
@@ -103,6 +127,20 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "raft_snapshot_threshold": ("raft_snapshot_threshold", "int"),
     "raft_snapshot_interval": ("raft_snapshot_interval", "duration"),
     "limits": ("limits", "limits"),
+    "advertise_addr": ("advertise_addr", "str"),
+    "node_meta": ("node_meta", "strmap"),
+    "enable_script_checks": ("enable_script_checks", "bool"),
+    "enable_local_script_checks": ("enable_local_script_checks", "bool"),
+    "check_update_interval": ("check_update_interval", "duration"),
+    "ae_interval": ("ae_interval", "duration"),
+    "reconnect_timeout": ("reconnect_timeout", "duration"),
+    "check_reap_interval": ("check_reap_interval", "duration"),
+    "check_deregister_interval_min": ("check_deregister_interval_min", "duration"),
+    "liveness": ("liveness", "liveness"),
+    "service": ("services", "service"),
+    "services": ("services", "services"),
+    "check": ("checks", "check"),
+    "checks": ("checks", "checks"),
 }
 _PORT_KEYS = {"http", "https", "dns", "server", "raft"}
 _LIMIT_KEYS = {"kv_max_value_size": "kv_max_value_size", "txn_max_req_len": "txn_max_req_len"}
@@ -132,6 +170,10 @@ def _typed(source: str, key: str, value: Any, kind: str) -> Any:
             except ValueError:
                 raise ConfigError(f"{where}: {value!r} is not a duration like \"30s\" or \"5m\"") from None
         raise ConfigError(f"{where}: expected a duration, got {json.dumps(value)}")
+    if kind == "strmap":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{where}: expected an object of strings")
+        return dict(value)
     if kind == "list":
         if isinstance(value, str):
             return (value,)
@@ -159,6 +201,24 @@ def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any)
             if lim not in _LIMIT_KEYS:
                 raise ConfigError(f"{source}: invalid config key limits.{lim}")
             fields[_LIMIT_KEYS[lim]] = _typed(source, f"limits.{lim}", num, "int")
+    elif kind in ("service", "services", "check", "checks"):
+        items = value if kind.endswith("s") else [value]
+        if not isinstance(items, list):
+            raise ConfigError(f"{source}: {key}: expected a list")
+        parse = structs.parse_service if kind.startswith("service") else structs.parse_check
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]" if kind.endswith("s") else key
+            try:
+                fields.setdefault(name, []).append(parse(item, strict=True))
+            except ProconsulError as err:
+                raise ConfigError(f"{source}: {where}: {err}") from None
+    elif kind == "liveness":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: liveness: expected an object")
+        for sub, v in value.items():
+            if sub not in ("interval", "timeout"):
+                raise ConfigError(f"{source}: invalid config key liveness.{sub}")
+            fields[f"liveness_{sub}"] = _typed(source, f"liveness.{sub}", v, "duration")
     elif kind == "ui":
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: ui_config: expected an object")
@@ -210,6 +270,10 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
     for path in files:
         loaded = load_file(path)
         ports = {**fields.get("ports", {}), **loaded.pop("ports", {})}
+        # Definitions accumulate across files, as Consul's do; everything else: the last file wins.
+        for plural in ("services", "checks"):
+            if plural in loaded:
+                fields[plural] = [*fields.get(plural, []), *loaded.pop(plural)]
         fields.update(loaded)
         if ports:
             fields["ports"] = ports
@@ -223,6 +287,8 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
             fields[key] = value
     fields["ports"] = Ports(**ports)
     fields["config_files"] = tuple(files)
+    fields["services"] = tuple(fields.get("services", ()))
+    fields["checks"] = tuple(fields.get("checks", ()))
     fields.setdefault("node_name", socket.gethostname())
     cfg = RuntimeConfig(**fields)
     return _validate(cfg)
@@ -250,8 +316,17 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError("bootstrap_expect requires server mode (-server)")
     if not cfg.dev and not cfg.data_dir:
         raise ConfigError("data_dir cannot be empty: set -data-dir (only -dev runs without one)")
-    if not cfg.dev and not cfg.server:
-        raise ConfigError("client agents are not available yet: run with -server or -dev")
+    if cfg.liveness_interval <= 0 or cfg.liveness_timeout <= cfg.liveness_interval:
+        raise ConfigError("liveness: timeout must be longer than interval, and both positive")
+    if cfg.ae_interval <= 0:
+        raise ConfigError("ae_interval must be positive")
+    script_ok = cfg.enable_script_checks or cfg.enable_local_script_checks
+    for defn in [*cfg.checks, *(c for s in cfg.services for c in s.checks)]:
+        if defn.kind == "script" and not script_ok:
+            raise ConfigError(
+                f"check {defn.id}: script checks are disabled on this agent; "
+                "set enable_local_script_checks (or enable_script_checks) to true"
+            )
     for name in ("http", "dns", "server", "raft"):
         port = getattr(cfg.ports, name)
         if not (port == -1 or 0 < port < 65536):

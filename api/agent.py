@@ -1,15 +1,73 @@
-"""/v1/agent: this agent's own view (the full agent API arrives with the agents and catalog work)."""
+"""/v1/agent: this agent's own view and controls (Consul's agent endpoints). Reads answer from local state."""
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import platform
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from proconsul.agent.structs import check_unknown, fold, parse_check, parse_service
 from proconsul.agent.version import __version__
-from proconsul.api.common import agent_of, json_response
-from proconsul.server.structs import DatacenterRequest
+from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, param, query_of, reply_response
+from proconsul.api.lean import Reply, dump_json, read_limited
+from proconsul.api.params import first, has, parse_bool, parse_duration
+from proconsul.server import shapes
+from proconsul.server.errors import BadRequest, NotFound, ProconsulError
+from proconsul.server.structs import CatalogQuery, DatacenterRequest, MemberRequest, QueryOptions
 
 router = APIRouter(tags=["agent"])
+MAX_BODY = 1024 * 1024
+FILTER = param("filter", "Filter expression (Consul's filtering language)")
+_JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_BODY, lambda n, d: f"Request body too large: {n} bytes")
+    if not raw.strip():
+        raise BadRequest("Request decode failed: empty body")
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        raise BadRequest(f"Request decode failed: {err}") from None
+
+
+def _ok(request: Request) -> Response:
+    """Consul's agent write endpoints answer 200 with an empty body."""
+    return Response(status_code=200)
+
+
+def _local_service_json(agent: Any, service_id: str) -> dict[str, Any]:
+    defn = agent.local.service(service_id)
+    inst = shapes.service_instance(agent.config.node_name, defn.service)
+    return shapes.agent_service_json(inst, agent.config.datacenter)
+
+
+def _local_check_json(agent: Any, check_id: str) -> dict[str, Any]:
+    c = agent.local.check(check_id)
+    out = shapes.check_json(shapes.health_check(agent.config.node_name, c.defn.record(c.status, c.output)))
+    svc = agent.local.service(c.defn.service_id) if c.defn.service_id else None
+    out["ServiceName"] = svc.service.service if svc else ""
+    out["ServiceTags"] = list(svc.service.tags) if svc else []
+    out["CreateIndex"] = out["ModifyIndex"] = 0
+    return out
+
+
+def _filtered(request: Request, schema: str, items: dict[str, dict]) -> dict[str, dict]:
+    expr = first(query_of(request), "filter")
+    if not expr:
+        return items
+    from proconsul.server import filter as bexpr
+
+    keep = bexpr.compile_filter(expr, getattr(bexpr, schema))
+    return {k: v for k, v in items.items() if keep(v)}
+
+
+# ----------------------------------------------------------------- self, members, metrics
 
 
 @router.get("/v1/agent/self", summary="This agent's configuration, member entry and stats")
@@ -23,19 +81,266 @@ async def agent_self(request: Request) -> Response:
             "PrimaryDatacenter": cfg.datacenter,
             "NodeName": cfg.node_name,
             "NodeID": cfg.node_id,
-            "Server": cfg.server,
             "Revision": "",
+            "Server": cfg.server,
             "Version": __version__,
             "BuildDate": "",
         },
+        "DebugConfig": {
+            "Datacenter": cfg.datacenter,
+            "NodeName": cfg.node_name,
+            "BindAddr": cfg.bind_addr,
+            "ClientAddrs": [cfg.client_addr],
+            "AdvertiseAddrLAN": cfg.advertise,
+            "DataDir": cfg.data_dir or "",
+            "DevMode": cfg.dev,
+            "ServerMode": cfg.server,
+            "EnableScriptChecks": cfg.enable_script_checks,
+            "EnableLocalScriptChecks": cfg.enable_local_script_checks,
+            "RetryJoinLAN": list(cfg.retry_join),
+        },
+        "Coord": None,
         "Member": {
             "Name": cfg.node_name,
-            "Addr": cfg.bind_addr,
-            "Port": cfg.ports.server,
-            "Tags": {"dc": cfg.datacenter, "id": cfg.node_id, "role": "consul" if cfg.server else "node"},
+            "Addr": cfg.advertise,
+            "Port": cfg.ports.server if cfg.server else 0,
+            "Tags": agent.member_tags(),
             "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
         },
-        "Stats": {"agent": {"server": str(cfg.server).lower()}, "raft": raft},
-        "Meta": {},
+        "Stats": {
+            "agent": {
+                "check_monitors": str(len(agent.local.live_checks())),
+                "services": str(len(agent.local.live_services())),
+                "checks": str(len(agent.local.live_checks())),
+                "server": str(cfg.server).lower(),
+                "known_servers": str(len(agent.router.servers()) if agent.router else 1),
+            },
+            "runtime": {"os": platform.system().lower(), "arch": platform.machine(), "version": platform.python_version()},
+            "raft": raft,
+        },
+        "Meta": dict(cfg.node_meta),
+        "xDS": None,
     }
     return json_response(request, body)
+
+
+@router.get("/v1/agent/members", summary="The cluster's agents with their liveness", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
+async def agent_members(request: Request) -> Response:
+    reply = await agent_of(request).rpc("Internal.Members", CatalogQuery(opts=QueryOptions(stale=True)))
+    return json_response(request, reply.value)
+
+
+@router.get("/v1/agent/metrics", summary="Telemetry: Consul's JSON, or Prometheus text with ?format=prometheus")
+async def agent_metrics(request: Request) -> Response:
+    metrics = agent_of(request).metrics
+    if first(query_of(request), "format") == "prometheus":
+        from proconsul.agent.metrics import PROMETHEUS_CONTENT_TYPE
+
+        return Response(content=metrics.to_prometheus(), media_type=PROMETHEUS_CONTENT_TYPE)
+    return json_response(request, metrics.to_json())
+
+
+# ----------------------------------------------------------------- services and checks
+
+
+@router.get("/v1/agent/services", summary="Services registered with this agent", openapi_extra={"parameters": [FILTER]})
+async def agent_services(request: Request) -> Response:
+    agent = agent_of(request)
+    items = {sid: _local_service_json(agent, sid) for sid in sorted(agent.local.live_services())}
+    return json_response(request, _filtered(request, "AGENT_SERVICE", items))
+
+
+@router.api_route("/v1/agent/service/register", methods=["GET", "POST", "DELETE", "PATCH"], include_in_schema=False)
+async def agent_service_register_wrong_method(request: Request) -> Response:
+    """Consul's mux matches /v1/agent/service/register before /v1/agent/service/<id>: other methods get 405."""
+    from starlette.exceptions import HTTPException
+
+    raise HTTPException(405, headers={"Allow": "PUT"})
+
+
+@router.get(
+    "/v1/agent/service/{service_id}",
+    summary="One local service, with its ContentHash (hash-blocking with ?hash=&wait=)",
+    openapi_extra={"parameters": [param("hash", "Block until the ContentHash differs"), param("wait", "Max wait, a Go duration")]},
+)
+async def agent_service(request: Request, service_id: str) -> Response:
+    agent = agent_of(request)
+    q = query_of(request)
+
+    def current() -> dict[str, Any]:
+        if agent.local.service(service_id) is None:
+            raise NotFound(f"unknown service ID: {service_id}")
+        body = _local_service_json(agent, service_id)
+        body["ContentHash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+        return body
+
+    body = current()
+    wanted = first(q, "hash")
+    if wanted and wanted == body["ContentHash"]:
+        try:
+            wait = parse_duration(first(q, "wait")) if first(q, "wait") else 300.0
+        except ValueError:
+            raise BadRequest("Invalid wait time") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait or 300.0, 600.0)
+        while body["ContentHash"] == wanted and loop.time() < deadline:
+            await agent.local.wait_change(agent.local.version, deadline - loop.time())
+            body = current()
+    return json_response(request, body, headers=[(b"x-consul-contenthash", body["ContentHash"].encode())])
+
+
+@router.get("/v1/agent/checks", summary="Checks registered with this agent", openapi_extra={"parameters": [FILTER]})
+async def agent_checks(request: Request) -> Response:
+    agent = agent_of(request)
+    items = {cid: _local_check_json(agent, cid) for cid in sorted(agent.local.live_checks())}
+    return json_response(request, _filtered(request, "HEALTH_CHECK", items))
+
+
+@router.put(
+    "/v1/agent/service/register",
+    summary="Register a service (with its checks) on this agent",
+    openapi_extra={"parameters": [TOKEN, param("replace-existing-checks", "Drop the service's checks not in this definition", {"type": "boolean"})], "requestBody": _JSON_BODY},
+)
+async def agent_service_register(request: Request) -> Response:
+    defn = parse_service(await _json_body(request))
+    replace = has(query_of(request), "replace-existing-checks")
+    await agent_of(request).register_service(defn, "api", replace_existing_checks=replace)
+    return _ok(request)
+
+
+@router.put("/v1/agent/service/deregister/{service_id}", summary="Remove a service and its checks from this agent", openapi_extra={"parameters": [TOKEN]})
+async def agent_service_deregister(request: Request, service_id: str) -> Response:
+    await agent_of(request).deregister_service(service_id)
+    return _ok(request)
+
+
+@router.put("/v1/agent/check/register", summary="Register a check on this agent", openapi_extra={"parameters": [TOKEN], "requestBody": _JSON_BODY})
+async def agent_check_register(request: Request) -> Response:
+    data = await _json_body(request)
+    fields = fold(data, "check")
+    if not fields.get("name"):
+        raise BadRequest("Missing check name")
+    if fields.get("status") not in (None, "", "passing", "warning", "critical"):
+        raise BadRequest("Bad check status")
+    await agent_of(request).register_check(parse_check(data))
+    return _ok(request)
+
+
+@router.put("/v1/agent/check/deregister/{check_id}", summary="Remove a check from this agent", openapi_extra={"parameters": [TOKEN]})
+async def agent_check_deregister(request: Request, check_id: str) -> Response:
+    await agent_of(request).deregister_check(check_id)
+    return _ok(request)
+
+
+def _ttl_route(status: str) -> Any:
+    async def handler(request: Request, check_id: str) -> Response:
+        agent_of(request).update_ttl_check(check_id, status, first(query_of(request), "note"))
+        return _ok(request)
+
+    handler.__name__ = f"agent_check_{status}"
+    return handler
+
+
+for _verb, _status in (("pass", "passing"), ("warn", "warning"), ("fail", "critical")):
+    router.add_api_route(
+        f"/v1/agent/check/{_verb}/{{check_id}}",
+        _ttl_route(_status),
+        methods=["PUT"],
+        summary=f"Set a TTL check {_status} (and reset its TTL)",
+        openapi_extra={"parameters": [TOKEN, param("note", "Output to record")]},
+    )
+
+
+@router.put("/v1/agent/check/update/{check_id}", summary="Set a TTL check's status and output", openapi_extra={"parameters": [TOKEN], "requestBody": _JSON_BODY})
+async def agent_check_update(request: Request, check_id: str) -> Response:
+    data = await _json_body(request)
+    check_unknown(data, {"status", "output"}, "update", strict=False)
+    f = fold(data, "update")
+    status = f.get("status")
+    if status not in ("passing", "warning", "critical"):
+        raise BadRequest(f"Invalid check status: '{status}'")
+    output = f.get("output", "")
+    if not isinstance(output, str):
+        raise BadRequest("Request decode failed: Output: expected a string")
+    agent_of(request).update_ttl_check(check_id, status, output)
+    return _ok(request)
+
+
+def _enable(request: Request) -> tuple[bool, str]:
+    q = query_of(request)
+    if not has(q, "enable"):
+        raise BadRequest("Missing value for enable")
+    value = parse_bool(first(q, "enable"))
+    if value is None:
+        raise BadRequest(f'Invalid value for enable: "{first(q, "enable")}"')
+    return value, first(q, "reason")
+
+
+@router.put(
+    "/v1/agent/service/maintenance/{service_id}",
+    summary="Put a service in or out of maintenance mode",
+    openapi_extra={"parameters": [TOKEN, param("enable", "true or false", {"type": "boolean"}), param("reason", "Shown as the check's notes")]},
+)
+async def agent_service_maintenance(request: Request, service_id: str) -> Response:
+    enable, reason = _enable(request)
+    await agent_of(request).service_maintenance(service_id, enable, reason)
+    return _ok(request)
+
+
+@router.put(
+    "/v1/agent/maintenance",
+    summary="Put this node in or out of maintenance mode",
+    openapi_extra={"parameters": [TOKEN, param("enable", "true or false", {"type": "boolean"}), param("reason", "Shown as the check's notes")]},
+)
+async def agent_maintenance(request: Request) -> Response:
+    enable, reason = _enable(request)
+    await agent_of(request).node_maintenance(enable, reason)
+    return _ok(request)
+
+
+# ----------------------------------------------------------------- cluster membership
+
+
+@router.put("/v1/agent/join/{address}", summary="Join a server (a server's server RPC address)", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
+async def agent_join(request: Request, address: str) -> Response:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise BadRequest(f"Invalid address {address!r}: expected host:port of a server's server port")
+    try:
+        await agent_of(request).join(address)
+    except ProconsulError as err:
+        raise BadRequest(f"Failed to join {address}: {err}") from None
+    return _ok(request)
+
+
+@router.put("/v1/agent/leave", summary="Leave the cluster gracefully and shut this agent down")
+async def agent_leave(request: Request) -> Response:
+    agent = agent_of(request)
+    # Answer first: leaving ends with this process shutting down.
+    asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(agent.leave()))
+    return _ok(request)
+
+
+@router.put("/v1/agent/force-leave/{node}", summary="Move a failed node to left, out of the catalog", openapi_extra={"parameters": [TOKEN, param("prune", "Accepted")]})
+async def agent_force_leave(request: Request, node: str) -> Response:
+    await agent_of(request).rpc("Internal.ForceLeave", MemberRequest(name=node))
+    return _ok(request)
+
+
+@router.put("/v1/agent/reload", summary="Re-read the config files (services and checks from them are replaced)")
+async def agent_reload(request: Request) -> Response:
+    agent = agent_of(request)
+    from proconsul.agent.config import ConfigError
+
+    try:
+        new = agent.rebuild_config()
+    except ConfigError as err:
+        raise BadRequest(f"Failed to reload configs: {err}") from None
+    await agent.reload(new)
+    return _ok(request)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from proconsul.agent.version import __version__
 from proconsul.api import agent as agent_api
-from proconsul.api import internal, operator, snapshot, status, txn
+from proconsul.api import catalog, health, internal, operator, snapshot, status, txn
 from proconsul.api.common import reply_response
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
@@ -21,7 +21,16 @@ from proconsul.api.lean import App, LeanRoute, Reply, text_reply
 from proconsul.server.errors import ProconsulError
 
 
-ROUTERS = (status.router, operator.router, snapshot.router, txn.router, agent_api.router, internal.router)
+ROUTERS = (
+    status.router,
+    operator.router,
+    snapshot.router,
+    txn.router,
+    agent_api.router,
+    catalog.router,
+    health.router,
+    internal.router,
+)
 
 
 def route_table(app: App) -> list[tuple[str, frozenset[str]]]:
@@ -53,7 +62,7 @@ def build_app(agent: Any) -> App:
     api.state.agent = agent
     for router in ROUTERS:
         api.include_router(router)
-    lean: list[LeanRoute] = [kv_route(agent)]
+    lean: list[LeanRoute] = [kv_route(agent), *health.lean_routes(agent), *catalog.lean_routes(agent)]
 
     @api.get("/", include_in_schema=False)
     async def root() -> Response:
@@ -89,4 +98,4 @@ def build_app(agent: Any) -> App:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
-    return App(api, lean)
+    return App(api, lean, getattr(agent, "metrics", None))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
@@ -137,23 +138,36 @@ class LeanRoute:
 class App:
     """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
 
-    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute]) -> None:
+    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None) -> None:
         self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
+        self.metrics = metrics
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.fastapi_app(scope, receive, send)
             return
+        started = time.perf_counter()
         path = scope["path"]
-        for prefix, route in self.lean:
-            if path.startswith(prefix):
-                await route(scope, receive, send)
-                return
+        route_name = None
+        try:
+            for prefix, route in self.lean:
+                if path.startswith(prefix):
+                    route_name = route.openapi_path
+                    await route(scope, receive, send)
+                    return
 
-        async def send_with_common_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
-            await send(message)
+            async def send_with_common_headers(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
+                await send(message)
 
-        await self.fastapi_app(scope, receive, send_with_common_headers)
+            await self.fastapi_app(scope, receive, send_with_common_headers)
+            route = scope.get("route")
+            route_name = getattr(route, "path", None) or "unmatched"
+        finally:
+            if self.metrics is not None and route_name is not None:
+                # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
+                self.metrics.observe(
+                    "api.http", (time.perf_counter() - started) * 1000.0, {"method": scope["method"], "path": route_name}
+                )

@@ -49,6 +49,15 @@ def parse_uint(text: str, what: str) -> int:
     return value
 
 
+def parse_bool(text: str) -> bool | None:
+    """Go's strconv.ParseBool: 1 t T TRUE true True / 0 f F FALSE false False; None otherwise."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return None
+
+
 def first(query: Query, name: str, default: str = "") -> str:
     values = query.get(name)
     return values[0] if values else default
@@ -100,3 +109,32 @@ def query_options(query: Query, headers: Mapping[str, str]) -> QueryOptions:
         except ValueError:
             raise BadRequest("Invalid index") from None
     return opts
+
+
+def node_meta(query: Query) -> dict[str, str]:
+    """Consul's repeatable ?node-meta=key:value filter."""
+    out: dict[str, str] = {}
+    for item in query.get("node-meta", []):
+        key, _, value = item.partition(":")
+        out[key] = value
+    return out
+
+
+def catalog_query(name: str, query: Query, headers: Mapping[str, str]) -> "CatalogQuery":
+    """The query options every catalog and health read takes: tag, node-meta, passing, filter, and s.parse's."""
+    from proconsul.server.structs import CatalogQuery
+
+    passing = False
+    if has(query, "passing"):
+        raw = first(query, "passing")
+        passing = True if raw == "" else parse_bool(raw)
+        if passing is None:
+            raise BadRequest("Invalid value for ?passing")
+    return CatalogQuery(
+        name=name,
+        tags=list(query.get("tag", [])),
+        passing=passing,
+        node_meta=node_meta(query),
+        filter=first(query, "filter"),
+        opts=query_options(query, headers),
+    )

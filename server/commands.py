@@ -72,6 +72,88 @@ class BarrierRequest:
     """No-op entry: once applied, everything committed before it is applied too."""
 
 
+@dataclass
+class NodeService:
+    """The service part of a registration, Consul's structs.NodeService."""
+
+    id: str
+    service: str
+    kind: str = ""
+    tags: list[str] = field(default_factory=list)
+    address: str = ""
+    tagged_addresses: dict[str, dict] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    socket_path: str = ""
+    weights: dict[str, int] = field(default_factory=lambda: {"Passing": 1, "Warning": 1})
+    enable_tag_override: bool = False
+    proxy: dict[str, Any] = field(default_factory=dict)
+    connect: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckRecord:
+    """A check in a registration, Consul's structs.HealthCheck (the store fills in service name and tags)."""
+
+    check_id: str
+    name: str = ""
+    status: str = "critical"
+    notes: str = ""
+    output: str = ""
+    service_id: str = ""
+    type: str = ""
+    interval: str = ""
+    timeout: str = ""
+    exposed_port: int = 0
+    definition: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RegisterRequest:
+    """Consul's structs.RegisterRequest: a node, optionally a service, and checks, applied together."""
+
+    node: str
+    id: str = ""
+    address: str = ""
+    datacenter: str = ""
+    tagged_addresses: dict[str, str] = field(default_factory=dict)
+    node_meta: dict[str, str] = field(default_factory=dict)
+    service: NodeService | None = None
+    checks: list[CheckRecord] = field(default_factory=list)
+    skip_node_update: bool = False
+
+
+@dataclass
+class DeregisterRequest:
+    """Consul's structs.DeregisterRequest: a service (and its checks), a check, or the whole node."""
+
+    node: str
+    service_id: str = ""
+    check_id: str = ""
+
+
+@dataclass
+class MemberUpdateRequest:
+    """The leader saw an agent's liveness change (alive, failed, left); ``changed_at`` is the leader's clock."""
+
+    name: str
+    id: str
+    address: str
+    status: str
+    role: str = "node"
+    datacenter: str = ""
+    port: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    changed_at: int = 0
+
+
+@dataclass
+class MemberReapRequest:
+    """Forget a member that stayed failed or left past reconnect_timeout."""
+
+    name: str
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -79,6 +161,10 @@ COMMAND_TYPES: dict[int, type] = {
     3: TombstoneRequest,
     4: RestoreRequest,
     5: BarrierRequest,
+    6: RegisterRequest,
+    7: DeregisterRequest,
+    8: MemberUpdateRequest,
+    9: MemberReapRequest,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 

@@ -26,6 +26,8 @@ class ServerConfig:
     rpc_hold_timeout: float = 7.0
     tombstone_ttl: float = 900.0
     tombstone_granularity: float = 30.0
+    node_failure_timeout: float = 10.0
+    reconnect_timeout: float = 72 * 3600.0
 
     @property
     def rpc_addr(self) -> str:

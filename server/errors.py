@@ -60,7 +60,11 @@ class NotReadyError(ProconsulError):
 
 
 class RPCError(ProconsulError):
-    """A server could not be reached over server RPC."""
+    """A server could not be reached over server RPC, or the connection broke mid-call."""
+
+
+class RPCUnreachable(RPCError):
+    """No connection could be made: the request was never sent, so retrying elsewhere is safe."""
 
 
 ERRORS: dict[str, type[ProconsulError]] = {
@@ -78,5 +82,6 @@ ERRORS: dict[str, type[ProconsulError]] = {
         RaftTimeoutError,
         NotReadyError,
         RPCError,
+        RPCUnreachable,
     )
 }

@@ -21,7 +21,11 @@ from typing import Any, Callable
 
 from proconsul.server.commands import (
     BarrierRequest,
+    DeregisterRequest,
     KVSRequest,
+    MemberReapRequest,
+    MemberUpdateRequest,
+    RegisterRequest,
     RestoreRequest,
     TombstoneRequest,
     TxnRequest,
@@ -29,7 +33,8 @@ from proconsul.server.commands import (
 )
 from proconsul.server.errors import ProconsulError, StoreError
 from proconsul.server.snapshot import tables_from_wire
-from proconsul.server.state import DirEntry, StateStore, TxnErrors
+from proconsul.server.shapes import health_check, service_instance
+from proconsul.server.state import DirEntry, Member, Node, StateStore, TxnErrors
 
 log = logging.getLogger("proconsul.fsm")
 
@@ -53,6 +58,10 @@ class FSM:
             TombstoneRequest: self.apply_tombstone,
             RestoreRequest: self.apply_restore,
             BarrierRequest: self.apply_barrier,
+            RegisterRequest: self.apply_register,
+            DeregisterRequest: self.apply_deregister,
+            MemberUpdateRequest: self.apply_member_update,
+            MemberReapRequest: self.apply_member_reap,
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
@@ -100,3 +109,36 @@ class FSM:
 
     def apply_barrier(self, req: BarrierRequest, index: int) -> None:
         return None
+
+    def apply_register(self, req: RegisterRequest, index: int) -> None:
+        node = None
+        if not req.skip_node_update:
+            node = Node(req.node, req.id, req.address, req.datacenter, dict(req.tagged_addresses), dict(req.node_meta))
+        svc = service_instance(req.node, req.service) if req.service is not None else None
+        checks = [health_check(req.node, c) for c in req.checks]
+        self.state.ensure_registration(index, node, svc, checks)
+
+    def apply_deregister(self, req: DeregisterRequest, index: int) -> None:
+        if req.service_id:
+            self.state.delete_service(index, req.node, req.service_id)
+        elif req.check_id:
+            self.state.delete_check(index, req.node, req.check_id)
+        else:
+            self.state.delete_node(index, req.node)
+
+    def apply_member_update(self, req: MemberUpdateRequest, index: int) -> None:
+        member = Member(
+            name=req.name,
+            id=req.id,
+            address=req.address,
+            port=req.port,
+            status=req.status,
+            role=req.role,
+            datacenter=req.datacenter,
+            tags=dict(req.tags),
+            changed_at=req.changed_at,
+        )
+        self.state.member_update(index, member, server_port=req.port if req.role == "consul" else 0)
+
+    def apply_member_reap(self, req: MemberReapRequest, index: int) -> None:
+        self.state.member_reap(index, req.name)

@@ -2,9 +2,9 @@
 
 Timers here live in memory and reset on every election; what they decide is
 proposed as a command and re-checked inside apply. Now: the first barrier
-(after which default-mode reads are safe on this leader) and tombstone reaping
+(after which default-mode reads are safe on this leader), tombstone reaping
 (Consul's TombstoneGC: tombstones live ``tombstone_ttl``, reaped in batches
-every ``tombstone_granularity``).
+every ``tombstone_granularity``) and node liveness (``liveness.Liveness``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class LeaderDuties:
     def start(self) -> None:
         self.stop()
         self.active = True
+        self.srv.liveness.start()
         self._tasks = [
             asyncio.create_task(self._establish(), name="leader-establish"),
             asyncio.create_task(self._reap_tombstones(), name="leader-tombstones"),
@@ -40,6 +41,7 @@ class LeaderDuties:
 
     def stop(self) -> None:
         self.active = False
+        self.srv.liveness.stop()
         for task in self._tasks:
             task.cancel()
         self._tasks = []

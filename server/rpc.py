@@ -19,7 +19,7 @@ import logging
 import struct
 from typing import Any, Awaitable, Callable
 
-from proconsul.server.errors import ERRORS, ProconsulError, RPCError
+from proconsul.server.errors import ERRORS, ProconsulError, RPCError, RPCUnreachable
 
 log = logging.getLogger("proconsul.rpc")
 
@@ -180,7 +180,7 @@ class RPCPool:
             fut.set_result(proto)
             return proto
         except (OSError, asyncio.TimeoutError, ValueError) as err:
-            exc = RPCError(f"cannot reach server {addr}: {err or type(err).__name__}")
+            exc = RPCUnreachable(f"cannot reach server {addr}: {err or type(err).__name__}")
             fut.set_exception(exc)
             fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise exc from None

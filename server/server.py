@@ -19,9 +19,10 @@ from typing import Any, Callable
 from proconsul.server import endpoints
 from proconsul.server.codec import from_wire, to_wire
 from proconsul.server.config import ServerConfig
-from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacenter, NotReadyError, RPCError
+from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacenter, NotReadyError, RPCUnreachable
 from proconsul.server.fsm import FSM
 from proconsul.server.leader import LeaderDuties
+from proconsul.server.liveness import Liveness
 from proconsul.server.membership import Membership
 from proconsul.server.raft import RaftNode, write_peers
 from proconsul.server.rpc import RPCPool, RPCServer
@@ -49,8 +50,11 @@ class Server:
         self.pool = RPCPool()
         self.rpc = RPCServer(self.handle_rpc)
         self.members = Membership(self)
+        self.liveness = Liveness(self)
         self.leader_duties = LeaderDuties(self)
         self.loop: asyncio.AbstractEventLoop | None = None
+        # The agent's telemetry registry (proconsul.agent.metrics.Metrics), when an agent hosts this server.
+        self.metrics: Any = None
         self._leader_event = asyncio.Event()
         self._consistent_ready = False
         self._tasks: list[asyncio.Task] = []
@@ -171,7 +175,7 @@ class Server:
                 try:
                     raw = await self.pool.call(addr, method, to_wire(args), hops + 1)
                     return True, _decode_result(method, raw)
-                except (NoLeaderError, RPCError) as err:
+                except (NoLeaderError, RPCUnreachable) as err:
                     # Not proposed anywhere (no leader there, or never reached it): safe to try again.
                     log.debug("forwarding %s to %s: %s", method, addr, err)
             remaining = deadline - loop.time()

@@ -24,17 +24,30 @@ if TYPE_CHECKING:
 
 FORMAT = "proconsul-snapshot-1"
 
-# uint64 values (KV flags) do not fit SQLite's signed INTEGER, so they are stored as text.
-_U64_COLUMNS = {("kvs", "flags")}
+def _column(name: str, kind: str, primary: bool) -> "Column":
+    from sqlalchemy import BigInteger, Boolean, Column, LargeBinary, Text
 
-
-def _column(table: str, name: str, kind: str, primary: bool) -> "Column":
-    from sqlalchemy import BigInteger, Column, LargeBinary, Text
-
-    if (table, name) in _U64_COLUMNS:
-        return Column(name, Text, primary_key=primary)
-    sqltype = {"text": Text, "int": BigInteger, "blob": LargeBinary}[kind]
+    # uint64 values (KV flags) do not fit SQLite's signed INTEGER: kept as text. JSON columns are text too.
+    sqltype = {"text": Text, "int": BigInteger, "u64": Text, "bool": Boolean, "blob": LargeBinary, "json": Text}[kind]
     return Column(name, sqltype, primary_key=primary, nullable=not primary)
+
+
+def _to_sql(kind: str, value: Any) -> Any:
+    if kind == "u64":
+        return str(value)
+    if kind == "json":
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _from_sql(kind: str, value: Any) -> Any:
+    if kind == "u64":
+        return int(value)
+    if kind == "json":
+        return json.loads(value)
+    if kind == "bool":
+        return bool(value)
+    return value
 
 
 def _metadata() -> "tuple[MetaData, dict[str, Table], Table]":
@@ -42,8 +55,8 @@ def _metadata() -> "tuple[MetaData, dict[str, Table], Table]":
 
     md = MetaData()
     tables = {
-        name: Table(name, md, *(_column(name, col, kind, i == 0) for i, (col, kind) in enumerate(cols)))
-        for name, cols in SCHEMA.items()
+        name: Table(name, md, *(_column(col, kind, i < ts.pk) for i, (col, kind) in enumerate(ts.columns)))
+        for name, ts in SCHEMA.items()
     }
     meta = Table("meta", md, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
     return md, tables, meta
@@ -64,14 +77,8 @@ def write_snapshot(path: str, tables: dict[str, list[tuple]], meta: dict[str, An
             for name, rows in tables.items():
                 if not rows:
                     continue
-                cols = [c for c, _ in SCHEMA[name]]
-                u64 = [i for i, c in enumerate(cols) if (name, c) in _U64_COLUMNS]
-                records = []
-                for row in rows:
-                    rec = dict(zip(cols, row))
-                    for i in u64:
-                        rec[cols[i]] = str(row[i])
-                    records.append(rec)
+                cols = SCHEMA[name].columns
+                records = [{c: _to_sql(kind, v) for (c, kind), v in zip(cols, row)} for row in rows]
                 conn.execute(insert(sql_tables[name]), records)
     finally:
         engine.dispose()
@@ -93,10 +100,10 @@ def read_snapshot(path: str) -> tuple[dict[str, list[tuple]], dict[str, Any]]:
                 raise ValueError(f"not a proconsul snapshot (format {meta.get('format')!r})")
             tables: dict[str, list[tuple]] = {}
             for name, table in sql_tables.items():
-                cols = [c for c, _ in SCHEMA[name]]
-                u64 = {i for i, c in enumerate(cols) if (name, c) in _U64_COLUMNS}
-                rows = conn.execute(select(table).order_by(table.c[cols[0]]))
-                tables[name] = [tuple(int(v) if i in u64 else v for i, v in enumerate(r)) for r in rows]
+                ts = SCHEMA[name]
+                keys = [table.c[c] for c in ts.names[: ts.pk]]
+                rows = conn.execute(select(table).order_by(*keys))
+                tables[name] = [tuple(_from_sql(kind, v) for (_, kind), v in zip(ts.columns, r)) for r in rows]
             return tables, meta
     finally:
         engine.dispose()
@@ -126,7 +133,7 @@ def tables_to_wire(tables: dict[str, list[tuple]]) -> dict[str, list[list[Any]]]
     """Rows to JSON-ready lists (blobs as base64), for the Raft restore command."""
     out = {}
     for name, rows in tables.items():
-        blobs = [i for i, (_, kind) in enumerate(SCHEMA[name]) if kind == "blob"]
+        blobs = [i for i, (_, kind) in enumerate(SCHEMA[name].columns) if kind == "blob"]
         wire = []
         for row in rows:
             row = list(row)
@@ -144,8 +151,8 @@ def tables_from_wire(wire: dict[str, list[list[Any]]]) -> dict[str, list[tuple]]
     for name, rows in wire.items():
         if name not in SCHEMA:
             raise ValueError(f"unknown table {name!r}")
-        blobs = [i for i, (_, kind) in enumerate(SCHEMA[name]) if kind == "blob"]
-        width = len(SCHEMA[name])
+        blobs = [i for i, (_, kind) in enumerate(SCHEMA[name].columns) if kind == "blob"]
+        width = len(SCHEMA[name].columns)
         table = []
         for row in rows:
             if len(row) != width:

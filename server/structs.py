@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proconsul.server.commands import KVSRequest, TxnRequest
+from proconsul.server.commands import DeregisterRequest, KVSRequest, RegisterRequest, TxnRequest
 
 
 @dataclass
@@ -136,3 +136,64 @@ class AddPeerRequest:
     """Server.AddRaftPeer: ask the leader to add a server to the Raft configuration."""
 
     raft_addr: str
+
+
+@dataclass
+class CatalogQuery:
+    """Every catalog and health read: ``name`` is the service, node or check state the method asks about."""
+
+    name: str = ""
+    tags: list[str] = field(default_factory=list)
+    passing: bool = False
+    connect: bool = False
+    node_meta: dict[str, str] = field(default_factory=dict)
+    filter: str = ""
+    opts: QueryOptions = field(default_factory=QueryOptions)
+
+
+@dataclass
+class RegisterArgs:
+    """Catalog.Register: a registration plus its routing."""
+
+    req: RegisterRequest
+    datacenter: str = ""
+    token: str = ""
+
+
+@dataclass
+class DeregisterArgs:
+    """Catalog.Deregister: a deregistration plus its routing."""
+
+    req: DeregisterRequest
+    datacenter: str = ""
+    token: str = ""
+
+
+@dataclass
+class HeartbeatRequest:
+    """Internal.Heartbeat: an agent saying it is alive (this replaces Consul's gossip for liveness)."""
+
+    name: str
+    id: str
+    address: str
+    datacenter: str
+    role: str = "node"
+    port: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HeartbeatReply:
+    """The servers an agent may talk to (their server RPC addresses) and the leader's."""
+
+    servers: list[str] = field(default_factory=list)
+    leader: str = ""
+
+
+@dataclass
+class MemberRequest:
+    """Internal.Leave / Internal.ForceLeave: one member by name."""
+
+    name: str
+    datacenter: str = ""
+    token: str = ""

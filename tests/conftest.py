@@ -142,6 +142,10 @@ class AgentProc:
         def ready() -> bool:
             if not self.running():
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if not self.config.get("server", False) and "-dev" not in (self.proc.args or []):
+                # A client is ready once the servers list it as a live member.
+                members = self.http.get("/v1/agent/members").json()
+                return any(m["Name"] == self.name and m["Status"] == 1 for m in members)
             return bool(self.leader()) and int(self.raft_stats().get("applied_index", "0")) >= 2
 
         eventually(ready, timeout, what=f"{self.name} ready")
@@ -203,12 +207,29 @@ class Cluster:
         self.workdir = workdir
         ports = free_ports(4 * size)
         self.servers: list[AgentProc] = []
+        self.clients: list[AgentProc] = []
         addrs = [f"127.0.0.1:{ports[4 * i + 2]}" for i in range(size)]
         for i in range(size):
             name = f"s{i + 1}"
             join = [a for j, a in enumerate(addrs) if j != i]
             cfg = server_config(name, ports[4 * i : 4 * i + 4], workdir / name, join, size, **extra)
             self.servers.append(AgentProc(name, workdir, cfg))
+
+    def add_client(self, name: str, **extra: Any) -> AgentProc:
+        """A client agent joined to every server (started by the caller)."""
+        http, dns = free_ports(2)
+        cfg = {
+            "node_name": name,
+            "data_dir": str(self.workdir / name),
+            "bind_addr": "127.0.0.1",
+            "client_addr": "127.0.0.1",
+            "ports": {"http": http, "dns": dns},
+            "retry_join": [s.server_addr for s in self.servers],
+            **extra,
+        }
+        client = AgentProc(name, self.workdir, cfg)
+        self.clients.append(client)
+        return client
 
     def start(self, timeout: float = 30.0) -> "Cluster":
         for s in self.servers:
@@ -259,7 +280,7 @@ class Cluster:
         return server.wait_ready(timeout)
 
     def close(self) -> None:
-        for s in self.servers:
+        for s in [*self.clients, *self.servers]:
             s.stop()
 
 
@@ -324,3 +345,18 @@ async def api(anyio_backend: str) -> Any:
         client.agent = agent  # type: ignore[attr-defined]
         yield client
     await agent.stop()
+
+
+async def eventually_async(fn: Callable[[], Any], want: Any = bool, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Await ``fn()`` until ``want`` holds (a value to equal, or a predicate); fail after ``timeout``."""
+    import anyio
+
+    check = want if callable(want) else (lambda v: v == want)
+    last: Any = None
+    with anyio.move_on_after(timeout):
+        while True:
+            last = await fn()
+            if check(last):
+                return last or True
+            await anyio.sleep(interval)
+    raise AssertionError(f"not true within {timeout}s (last: {last!r})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from proconsul.server.commands import KV_OPS
@@ -31,7 +32,10 @@ def entry_json(e: DirEntry) -> dict[str, Any]:
 
 async def propose(srv: Any, cmd: Any) -> Any:
     """Commit a command on the leader and return its result, raising the error apply returned."""
+    started = time.perf_counter()
     result = await srv.raft.apply(cmd)
+    if srv.metrics is not None:
+        srv.metrics.observe("raft.apply", (time.perf_counter() - started) * 1000.0, {"type": type(cmd).__name__})
     if isinstance(result, Exception):
         raise result
     return result

@@ -1,34 +1,20 @@
-"""The state store: proconsul's replicated tables, in memory.
+"""The KV part of the state store: Consul's KV table, tombstones, and KV transactions.
 
-Invariants (the FSM relies on them, as hashicorp/raft's FSM contract does):
-
-* Writes happen on one thread only (pysyncobj's apply thread) and take the Raft
-  index of the entry that carries them; no clock, randomness or I/O here, so
-  every replica that applies the same log holds the same rows.
-* Every row carries ``create_index``/``modify_index``; the ``index`` table keeps
-  each table's last writing index. Reads return ``(index, result)`` with the
-  max index they touched and never 0, so blocking queries can wait on it.
-* Deletes leave tombstones until the leader reaps them through Raft, and reaping
-  raises a floor, so an index a reader saw never goes backwards.
-* A write either applies whole or not at all (an undo log rolls back a failed
-  transaction before anyone can read), and after it commits fires the watch
-  channels of exactly what it changed through the ``notify`` hook.
-* Readers on other threads take the lock only for the read; rows are immutable
-  tuples, so a reader may keep what it got after releasing the lock.
+Deletes leave tombstones until the leader reaps them through Raft, and reaping
+raises a floor, so a list index a reader saw never goes backwards. Watches are
+per key and per prefix: a write fires its key's channel and every watched
+prefix of it, nothing else.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from sortedcontainers import SortedDict
 
 from proconsul.server.errors import StoreError
-from proconsul.server.watch import WatchChannel, WatchSet, fire_all
+from proconsul.server.state.base import MISSING, TableSchema, TxnAbort, TxnErrors, WriteTxn, restore_slot
+from proconsul.server.watch import WatchChannel, WatchSet
 
 
 class DirEntry(NamedTuple):
@@ -43,106 +29,68 @@ class DirEntry(NamedTuple):
     modify_index: int = 0
 
 
-# Table layouts, shared by snapshots (one SQLite table each), restore and the
-# replica checksum. Column kinds: text, int, blob.
-SCHEMA: dict[str, tuple[tuple[str, str], ...]] = {
-    "index": (("name", "text"), ("idx", "int")),
-    "kvs": (
-        ("key", "text"),
-        ("value", "blob"),
-        ("flags", "int"),
-        ("lock_index", "int"),
-        ("session", "text"),
-        ("create_index", "int"),
-        ("modify_index", "int"),
-    ),
-    "tombstones": (("key", "text"), ("idx", "int")),
-}
-
 # Index-table name under which the highest reaped tombstone index is kept.
 KV_REAPED = "kvs.reaped"
-
-_MISSING = object()
 _TXN_WRITES = frozenset({"set", "cas", "lock", "unlock", "delete", "delete-cas", "delete-tree"})
 
 
-class TxnAbort(Exception):
-    """One transaction op failed; carries Consul's error text."""
+class KVStore:
+    """Consul's KV semantics; mixed into StateStore (see base.StoreBase for the machinery)."""
 
+    KV_SCHEMA = {
+        "kvs": TableSchema(
+            (
+                ("key", "text"),
+                ("value", "blob"),
+                ("flags", "u64"),
+                ("lock_index", "int"),
+                ("session", "text"),
+                ("create_index", "int"),
+                ("modify_index", "int"),
+            )
+        ),
+        "tombstones": TableSchema((("key", "text"), ("idx", "int"))),
+    }
 
-class TxnErrors(Exception):
-    """A transaction rolled back; ``errors`` holds Consul's (OpIndex, What) pairs."""
+    # Provided by StoreBase / other parts.
+    _lock: Any
+    _index: dict[str, int]
+    _sessions: dict[str, Any]
+    _max_index: Callable[..., int]
+    _set_index_txn: Callable[[WriteTxn, str], None]
+    _write: Callable[..., Any]
+    _add_channel: Callable[[WatchSet | None, WatchChannel], None]
 
-    def __init__(self, errors: list[tuple[int, str]]) -> None:
-        super().__init__("; ".join(what for _, what in errors))
-        self.errors = errors
-
-
-@dataclass
-class WriteTxn:
-    """One write transaction: the undo log and what to fire on commit."""
-
-    index: int
-    undo: list[Callable[[], None]] = field(default_factory=list)
-    changed_keys: set[str] = field(default_factory=set)
-
-
-class StateStore:
-    """In-memory tables with Consul's read and write semantics; see the module docstring."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def _kv_init(self) -> None:
         self._kv: SortedDict = SortedDict()  # key -> DirEntry
         self._tombstones: SortedDict = SortedDict()  # key -> index
-        self._index: dict[str, int] = {}
-        # Sessions arrive with their own issue; locks already check against this table.
-        self._sessions: dict[str, Any] = {}
         self._kv_key_watches: dict[str, WatchChannel] = {}
         self._kv_prefix_watches: dict[str, WatchChannel] = {}
-        self._abandon = WatchChannel()
-        # Called with the channels a commit fired; a server points it at its event loop.
-        self.notify: Callable[[list[WatchChannel]], None] = fire_all
         # Called with the index of every commit that made tombstones (the leader's reaper).
         self.on_tombstone: Callable[[int], None] = lambda index: None
 
-    # ------------------------------------------------------------------ indexes
+    def _kv_dump(self) -> dict[str, list[tuple]]:
+        return {"kvs": [tuple(e) for e in self._kv.values()], "tombstones": list(self._tombstones.items())}
 
-    def _max_index(self, *tables: str) -> int:
-        return max((self._index.get(t, 0) for t in tables), default=0)
+    def _kv_load(self, tables: dict[str, list[tuple]]) -> Callable[[], None]:
+        kv = SortedDict((row[0], DirEntry(*row)) for row in tables.get("kvs", ()))
+        tombstones = SortedDict((k, int(i)) for k, i in tables.get("tombstones", ()))
 
-    def max_index(self) -> int:
-        """The highest index any table has reached (Consul's LatestIndex)."""
-        with self._lock:
-            return max(self._index.values(), default=0) or 1
+        def swap() -> None:
+            self._kv, self._tombstones = kv, tombstones
 
-    # ------------------------------------------------------------------ watches
+        return swap
 
-    @property
-    def abandon_channel(self) -> WatchChannel:
-        """Fires when a restore replaces the tables: blocked readers must re-read at once."""
-        return self._abandon
+    def _kv_abandon(self) -> list[WatchChannel]:
+        fired = list(self._kv_key_watches.values()) + list(self._kv_prefix_watches.values())
+        self._kv_key_watches, self._kv_prefix_watches = {}, {}
+        return fired
 
-    def _key_watch(self, key: str) -> WatchChannel:
-        ch = self._kv_key_watches.get(key)
-        if ch is None:
-            ch = self._kv_key_watches[key] = WatchChannel()
-        return ch
-
-    def _prefix_watch(self, prefix: str) -> WatchChannel:
-        ch = self._kv_prefix_watches.get(prefix)
-        if ch is None:
-            ch = self._kv_prefix_watches[prefix] = WatchChannel()
-        return ch
-
-    def _watch(self, ws: WatchSet | None, ch: WatchChannel) -> None:
-        if ws is not None:
-            ws.add(ch)
-            ws.add(self._abandon)
-
-    def _collect_fired(self, keys: Iterable[str]) -> list[WatchChannel]:
+    def _kv_fired(self, tx: WriteTxn) -> list[WatchChannel]:
+        """The channels a commit that changed ``tx.kv_keys`` fires: each key's, and every watched prefix of one."""
         fired: list[WatchChannel] = []
         key_watches, prefix_watches = self._kv_key_watches, self._kv_prefix_watches
-        for key in keys:
+        for key in tx.kv_keys:
             ch = key_watches.pop(key, None)
             if ch is not None:
                 fired.append(ch)
@@ -157,57 +105,37 @@ class StateStore:
                 fired.append(prefix_watches.pop(p))
         return fired
 
-    # -------------------------------------------------------------- transactions
+    def _kv_key_watch(self, key: str) -> WatchChannel:
+        ch = self._kv_key_watches.get(key)
+        if ch is None:
+            ch = self._kv_key_watches[key] = WatchChannel()
+        return ch
 
-    def _commit(self, tx: WriteTxn) -> None:
-        fired = self._collect_fired(tx.changed_keys)
-        if fired:
-            self.notify(fired)
+    def _kv_prefix_watch(self, prefix: str) -> WatchChannel:
+        ch = self._kv_prefix_watches.get(prefix)
+        if ch is None:
+            ch = self._kv_prefix_watches[prefix] = WatchChannel()
+        return ch
 
-    def _write(self, index: int, body: Callable[[WriteTxn], Any]) -> Any:
-        """Run ``body`` as one all-or-nothing write at ``index``."""
-        tx = WriteTxn(index)
-        with self._lock:
-            try:
-                result = body(tx)
-            except BaseException:
-                for undo in reversed(tx.undo):
-                    undo()
-                raise
-            self._commit(tx)
-        return result
-
-    def _set_index_txn(self, tx: WriteTxn, table: str) -> None:
-        old = self._index.get(table, _MISSING)
-        if old == tx.index:
-            return
-        self._index[table] = tx.index
-        tx.undo.append(lambda: self._restore_slot(self._index, table, old))
-
-    @staticmethod
-    def _restore_slot(table: Any, key: Any, old: Any) -> None:
-        if old is _MISSING:
-            table.pop(key, None)
-        else:
-            table[key] = old
+    # ------------------------------------------------------------- rows
 
     def _kv_put_row_txn(self, tx: WriteTxn, entry: DirEntry) -> None:
-        old = self._kv.get(entry.key, _MISSING)
+        old = self._kv.get(entry.key, MISSING)
         self._kv[entry.key] = entry
-        tx.undo.append(lambda: self._restore_slot(self._kv, entry.key, old))
-        tx.changed_keys.add(entry.key)
+        tx.undo.append(lambda: restore_slot(self._kv, entry.key, old))
+        tx.kv_keys.add(entry.key)
         self._set_index_txn(tx, "kvs")
 
     def _kv_tombstone_txn(self, tx: WriteTxn, key: str) -> None:
-        old = self._tombstones.get(key, _MISSING)
+        old = self._tombstones.get(key, MISSING)
         self._tombstones[key] = tx.index
-        tx.undo.append(lambda: self._restore_slot(self._tombstones, key, old))
+        tx.undo.append(lambda: restore_slot(self._tombstones, key, old))
         self._set_index_txn(tx, "tombstones")
 
     def _kv_remove_row_txn(self, tx: WriteTxn, key: str) -> None:
         old = self._kv.pop(key)
-        tx.undo.append(lambda: self._restore_slot(self._kv, key, old))
-        tx.changed_keys.add(key)
+        tx.undo.append(lambda: restore_slot(self._kv, key, old))
+        tx.kv_keys.add(key)
 
     # ------------------------------------------------------------- KV writes
 
@@ -340,11 +268,11 @@ class StateStore:
             floor = max((self._tombstones[k] for k in doomed), default=0)
             for key in doomed:
                 old = self._tombstones.pop(key)
-                tx.undo.append(lambda key=key, old=old: self._restore_slot(self._tombstones, key, old))
+                tx.undo.append(lambda key=key, old=old: restore_slot(self._tombstones, key, old))
             if floor > self._index.get(KV_REAPED, 0):
-                old_floor = self._index.get(KV_REAPED, _MISSING)
+                old_floor = self._index.get(KV_REAPED, MISSING)
                 self._index[KV_REAPED] = floor
-                tx.undo.append(lambda: self._restore_slot(self._index, KV_REAPED, old_floor))
+                tx.undo.append(lambda: restore_slot(self._index, KV_REAPED, old_floor))
             if doomed:
                 self._set_index_txn(tx, "tombstones")
 
@@ -383,7 +311,7 @@ class StateStore:
         """One key: its ModifyIndex when present, else the table index (Consul's KVS.Get)."""
         with self._lock:
             if ws is not None:
-                self._watch(ws, self._key_watch(key))
+                self._add_channel(ws, self._kv_key_watch(key))
             entry = self._kv.get(key)
             if entry is not None:
                 return entry.modify_index, entry
@@ -393,7 +321,7 @@ class StateStore:
         """Every entry under a prefix, in key order (Consul's KVS.List)."""
         with self._lock:
             if ws is not None:
-                self._watch(ws, self._prefix_watch(prefix))
+                self._add_channel(ws, self._kv_prefix_watch(prefix))
             kv = self._kv
             entries = [kv[k] for k in self._kv_prefix_keys(prefix)]
             top = max((e.modify_index for e in entries), default=0)
@@ -403,7 +331,7 @@ class StateStore:
         """Keys under a prefix, rolled up at the first separator after it (Consul's KVS.ListKeys)."""
         with self._lock:
             if ws is not None:
-                self._watch(ws, self._prefix_watch(prefix))
+                self._add_channel(ws, self._kv_prefix_watch(prefix))
             keys: list[str] = []
             top = 0
             plen = len(prefix)
@@ -510,56 +438,3 @@ class StateStore:
             raise TxnAbort(f'unknown KV verb "{verb}"')
         # Writes and checks return the entry without its value, as Consul does.
         return [result._replace(value=None)] if result is not None else []
-
-    # ----------------------------------------------------- snapshot & restore
-
-    def dump(self) -> dict[str, list[tuple]]:
-        """Every table as rows in canonical (key) order, for snapshots and checksums."""
-        with self._lock:
-            return self._dump_locked()
-
-    def _dump_locked(self) -> dict[str, list[tuple]]:
-        return {
-            "index": sorted(self._index.items()),
-            "kvs": [tuple(e) for e in self._kv.values()],
-            "tombstones": list(self._tombstones.items()),
-        }
-
-    def load(self, tables: dict[str, list[tuple]]) -> None:
-        """Replace every table with snapshot rows as they were (pysyncobj's dump load)."""
-        self._replace(tables, bump_to=0)
-
-    def restore(self, index: int, tables: dict[str, list[tuple]]) -> None:
-        """A user restore (/v1/snapshot PUT): replace all tables and lift every table index to ``index``."""
-        self._replace(tables, bump_to=index)
-
-    def _replace(self, tables: dict[str, list[tuple]], bump_to: int) -> None:
-        kv = SortedDict((row[0], DirEntry(*row)) for row in tables.get("kvs", ()))
-        tombstones = SortedDict((k, int(i)) for k, i in tables.get("tombstones", ()))
-        index = {name: int(i) for name, i in tables.get("index", ())}
-        if bump_to:
-            for table in ("kvs", "tombstones"):
-                index[table] = max(index.get(table, 0), bump_to)
-        with self._lock:
-            self._kv, self._tombstones, self._index = kv, tombstones, index
-            fired = list(self._kv_key_watches.values()) + list(self._kv_prefix_watches.values())
-            self._kv_key_watches, self._kv_prefix_watches = {}, {}
-            fired.append(self._abandon)
-            self._abandon = WatchChannel()
-        self.notify(fired)
-
-    def checksum(self) -> tuple[int, str]:
-        """sha256 over every table in canonical order, with the max index it covers."""
-        with self._lock:
-            tables = self._dump_locked()
-            top = max(self._index.values(), default=0)
-        digest = hashlib.sha256()
-        for name in sorted(tables):
-            for row in tables[name]:
-                digest.update(json.dumps([name, *_jsonable(row)], separators=(",", ":")).encode())
-                digest.update(b"\n")
-        return top, digest.hexdigest()
-
-
-def _jsonable(row: tuple) -> list:
-    return [v.hex() if isinstance(v, bytes) else v for v in row]

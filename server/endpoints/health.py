@@ -1,0 +1,88 @@
+"""Health.* endpoints: Consul's health API (agent/consul/health_endpoint.go)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proconsul.server import shapes
+from proconsul.server.endpoints import endpoint
+from proconsul.server.endpoints.catalog import compile_query_filter, node_meta_ok, tags_ok
+from proconsul.server.errors import BadRequest
+from proconsul.server.state import HEALTH_STATES
+from proconsul.server.structs import CatalogQuery, QueryReply
+
+
+@endpoint("Health.NodeChecks", CatalogQuery, QueryReply)
+async def health_node_checks(srv: Any, args: CatalogQuery, hops: int) -> QueryReply:
+    """Every check on a node."""
+    done, result = await srv.forward_read("Health.NodeChecks", args, args.opts, hops)
+    if done:
+        return result
+    keep = compile_query_filter(args, "HEALTH_CHECK")
+    return await srv.blocking_query(
+        args.opts, lambda ws: srv.state.node_checks(args.name, ws), lambda cs: keep([shapes.check_json(c) for c in cs])
+    )
+
+
+@endpoint("Health.ServiceChecks", CatalogQuery, QueryReply)
+async def health_service_checks(srv: Any, args: CatalogQuery, hops: int) -> QueryReply:
+    """Every check of every instance of a service."""
+    done, result = await srv.forward_read("Health.ServiceChecks", args, args.opts, hops)
+    if done:
+        return result
+    keep = compile_query_filter(args, "HEALTH_CHECK")
+
+    def shape(checks: list) -> list:
+        if args.node_meta:
+            checks = [c for c in checks if node_meta_ok(_node_meta(srv, c.node), args.node_meta)]
+        return keep([shapes.check_json(c) for c in checks])
+
+    return await srv.blocking_query(args.opts, lambda ws: srv.state.service_checks(args.name, ws), shape)
+
+
+@endpoint("Health.ChecksInState", CatalogQuery, QueryReply)
+async def health_checks_in_state(srv: Any, args: CatalogQuery, hops: int) -> QueryReply:
+    """Checks in one state (passing, warning, critical) or all ("any")."""
+    if args.name not in (*HEALTH_STATES, "any"):
+        raise BadRequest(f'Invalid state "{args.name}": must be one of any, passing, warning, critical')
+    done, result = await srv.forward_read("Health.ChecksInState", args, args.opts, hops)
+    if done:
+        return result
+    keep = compile_query_filter(args, "HEALTH_CHECK")
+
+    def shape(checks: list) -> list:
+        if args.node_meta:
+            checks = [c for c in checks if node_meta_ok(_node_meta(srv, c.node), args.node_meta)]
+        return keep([shapes.check_json(c) for c in checks])
+
+    return await srv.blocking_query(args.opts, lambda ws: srv.state.checks_in_state(args.name, ws), shape)
+
+
+@endpoint("Health.ServiceNodes", CatalogQuery, QueryReply)
+async def health_service_nodes(srv: Any, args: CatalogQuery, hops: int) -> QueryReply:
+    """Instances of a service with their node and checks; ``passing`` keeps those whose every check passes."""
+    done, result = await srv.forward_read("Health.ServiceNodes", args, args.opts, hops)
+    if done:
+        return result
+    keep = compile_query_filter(args, "SERVICE_ENTRY")
+
+    def shape(rows: list) -> list:
+        out = []
+        for node, svc, checks in rows:
+            if args.tags and not tags_ok(svc.tags, args.tags):
+                continue
+            if args.node_meta and not node_meta_ok(node.meta, args.node_meta):
+                continue
+            if args.passing and any(c.status != "passing" for c in checks):
+                continue
+            out.append(shapes.health_entry_json(node, svc, checks))
+        return keep(out)
+
+    return await srv.blocking_query(
+        args.opts, lambda ws: srv.state.check_service_nodes(args.name, ws, connect=args.connect), shape
+    )
+
+
+def _node_meta(srv: Any, name: str) -> dict:
+    node = srv.state.get_node(name)
+    return node.meta if node is not None else {}
