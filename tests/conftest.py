@@ -332,7 +332,17 @@ async def api(anyio_backend: str) -> Any:
     from proconsul.api.app import build_app
 
     (server_port,) = free_ports(1)
-    cfg = config.build({"dev": True, "port_http": -1, "port_dns": -1, "port_server": server_port, "node_name": "api"}, [], [])
+    flags = {
+        "dev": True,
+        "port_http": -1,
+        "port_dns": -1,
+        "port_server": server_port,
+        "node_name": "api",
+        # Fast reaping so deregister_critical_service_after can be tested in seconds.
+        "check_reap_interval": 0.2,
+        "check_deregister_interval_min": 0.5,
+    }
+    cfg = config.build(flags, [], [])
     agent = Agent(cfg)
     await agent.start()
     import anyio

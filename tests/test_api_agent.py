@@ -160,3 +160,55 @@ async def test_service_hash_blocking(api):
     await api.put("/v1/agent/service/register", json={"Name": "hb", "Port": 2})
     second = (await asyncio.wait_for(task, 5)).json()
     assert second["Port"] == 2 and second["ContentHash"] != first["ContentHash"]
+
+
+async def test_alias_check_mirrors_a_local_service(api):
+    await api.put("/v1/agent/service/register", json={"Name": "backend", "Check": {"CheckID": "backend-ttl", "TTL": "30s", "Status": "passing"}})
+    await api.put("/v1/agent/service/register", json={"Name": "frontend", "Check": {"CheckID": "frontend-alias", "AliasService": "backend"}})
+
+    async def alias() -> tuple[str, str]:
+        c = (await api.get("/v1/agent/checks")).json()["frontend-alias"]
+        return c["Status"], c["Output"]
+
+    assert await eventually_async(alias, want=lambda v: v[0] == "passing")
+    await api.put("/v1/agent/check/fail/backend-ttl", params={"note": "db down"})
+    status, output = await eventually_async(alias, want=lambda v: v[0] == "critical")
+    assert "db down" in output
+    await api.put("/v1/agent/service/deregister/backend")
+    status, output = await eventually_async(alias, want=lambda v: "could not be found" in v[1])
+    assert status == "critical"
+    assert (await api.get("/v1/agent/checks")).json()["frontend-alias"]["Type"] == "alias"
+
+
+async def test_critical_service_is_reaped_after_its_deadline(api):
+    body = {"Name": "doomed", "Check": {"TTL": "30s", "DeregisterCriticalServiceAfter": "500ms"}}
+    assert (await api.put("/v1/agent/service/register", json=body)).status_code == 200
+    assert "doomed" in (await api.get("/v1/agent/services")).json()
+    # starts critical; after 500 ms (the test agent's minimum) the reaper removes the whole service
+    assert await eventually_async(lambda: api.get("/v1/agent/services"), want=lambda r: "doomed" not in r.json())
+    assert await eventually_async(lambda: api.get("/v1/catalog/service/doomed"), want=lambda r: r.json() == [])
+
+
+async def test_tcp_check_against_a_real_listener(api):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    body = {"Name": "tcp-svc", "Port": port, "Check": {"CheckID": "tcp-c", "TCP": f"127.0.0.1:{port}", "Interval": "1s", "Timeout": "1s"}}
+    await api.put("/v1/agent/service/register", json=body)
+
+    async def status() -> str:
+        return (await api.get("/v1/agent/checks")).json()["tcp-c"]["Status"]
+
+    assert await eventually_async(status, want="passing", timeout=15)
+    assert "Success" in (await api.get("/v1/agent/checks")).json()["tcp-c"]["Output"]
+    listener.close()
+    assert await eventually_async(status, want="critical", timeout=15)
+    await api.put("/v1/agent/service/deregister/tcp-svc")
+
+
+async def test_grpc_checks_are_refused_clearly(api):
+    r = await api.put("/v1/agent/service/register", json={"Name": "g", "Check": {"GRPC": "127.0.0.1:1", "Interval": "10s"}})
+    assert r.status_code == 400 and "gRPC checks are not supported" in r.text

@@ -151,3 +151,31 @@ def test_bad_config_files_stop_the_agent_with_one_line(tmp_path: Path, config: s
     err = p.stderr.decode()
     assert p.returncode == 1 and len(err.strip().splitlines()) == 1 and fragment in err, err
     assert "Traceback" not in err
+
+
+def test_catalog_and_services_commands(dev_agent, tmp_path: Path):
+    defn = tmp_path / "svc.json"
+    defn.write_text(json.dumps({"service": {"name": "clisvc", "port": 7000, "tags": ["a"]}}))
+    assert ok(run(dev_agent, "services", "register", str(defn))) == "Registered service: clisvc\n"
+    assert ok(run(dev_agent, "services", "register", "-name", "flagsvc", "-port", "7001", "-tag", "b", "-meta", "k=v")) == "Registered service: flagsvc\n"
+    services = ok(run(dev_agent, "catalog", "services", "-tags"))
+    assert "clisvc" in services and "flagsvc" in services
+    assert ok(run(dev_agent, "catalog", "datacenters")) == "dc1\n"
+    nodes = ok(run(dev_agent, "catalog", "nodes"))
+    assert nodes.splitlines()[0].split() == ["Node", "ID", "Address", "DC"] and dev_agent.config["node_name"] in nodes
+    assert dev_agent.config["node_name"] in ok(run(dev_agent, "catalog", "nodes", "-service", "clisvc"))
+    assert ok(run(dev_agent, "services", "deregister", str(defn))) == "Deregistered service: clisvc\n"
+    assert ok(run(dev_agent, "services", "deregister", "-id", "flagsvc")) == "Deregistered service: flagsvc\n"
+    p = run(dev_agent, "services", "deregister", "-id", "flagsvc")
+    assert p.returncode == 1 and b"Unknown service ID" in p.stderr and b"Traceback" not in p.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"service": {"port": 1}}))
+    fails(run(dev_agent, "services", "register", str(bad)), "Error parsing service definition: Missing service name")
+
+
+def test_join_reload_and_members(dev_agent):
+    p = run(dev_agent, "join", "127.0.0.1:1")
+    assert p.returncode == 1 and b"Error joining address '127.0.0.1:1'" in p.stderr
+    assert ok(run(dev_agent, "reload")) == "Configuration reload triggered\n"
+    out = ok(run(dev_agent, "members"))
+    assert out.splitlines()[0].split()[:3] == ["Node", "Address", "Status"] and "alive" in out

@@ -106,3 +106,44 @@ def test_pyconsul_keys_round_trip_through_real_http(dev_agent: AgentProc, key: s
     assert entry["Key"] == f"rt/{key}" and entry["Value"] == key.encode()
     _, keys = c.kv.get("rt/", keys=True)
     assert f"rt/{key}" in keys
+
+
+def test_pyconsul_agent_catalog_and_health_against_a_dev_agent(dev_agent: AgentProc):
+    c = client(dev_agent)
+    ttl = consul.Check.ttl("30s")
+    assert c.agent.service.register("pyweb", service_id="pyweb-1", port=8080, tags=["v1"], check=ttl) is True
+    assert "pyweb-1" in c.agent.services()
+    checks = c.agent.checks()
+    [check_id] = [cid for cid, chk in checks.items() if chk["ServiceID"] == "pyweb-1"]
+    assert c.agent.check.ttl_pass(check_id, "all good") is True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        index, nodes = c.health.service("pyweb", passing=True)
+        if nodes:
+            break
+        time.sleep(0.1)
+    assert [n["Service"]["ID"] for n in nodes] == ["pyweb-1"]
+    _, services = c.catalog.services()
+    assert services["pyweb"] == ["v1"]
+    _, instances = c.catalog.service("pyweb")
+    assert instances[0]["ServicePort"] == 8080
+    _, node = c.catalog.node(dev_agent.config["node_name"])
+    assert "pyweb-1" in node["Services"]
+    _, node_checks = c.health.node(dev_agent.config["node_name"])
+    assert {"serfHealth", check_id} <= {ch["CheckID"] for ch in node_checks}
+    _, state = c.health.state("passing")
+    assert any(ch["CheckID"] == check_id for ch in state)
+    assert c.agent.maintenance(True, "py maint") is True
+    deadline = time.monotonic() + 10
+    while c.health.service("pyweb", passing=True)[1] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert c.health.service("pyweb", passing=True)[1] == []  # node maintenance takes every service out
+    assert c.agent.maintenance(False) is True
+    assert c.agent.self()["Config"]["NodeName"] == dev_agent.config["node_name"]
+    assert [m["Name"] for m in c.agent.members()] == [dev_agent.config["node_name"]]
+    assert c.agent.service.deregister("pyweb-1") is True
+    assert "pyweb-1" not in c.agent.services()
+    assert c.catalog.register("ext-node", "10.9.9.9", service={"Service": "ext", "Port": 9}) is True
+    assert c.catalog.service("ext")[1][0]["Address"] == "10.9.9.9"
+    assert c.catalog.deregister("ext-node") is True
+    assert c.catalog.datacenters() == ["dc1"]
