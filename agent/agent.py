@@ -233,42 +233,44 @@ class Agent:
 
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
         """Consul's EnableServiceMaintenance / DisableServiceMaintenance."""
-        svc = self.local.service(service_id)
-        if svc is None:
+        if self.local.service(service_id) is None:
             raise NotFound(f'Unknown service ID "{service_id}". Ensure that the service ID is passed, not the service name.')
-        check_id = SERVICE_MAINT_PREFIX + service_id
-        if enable:
-            if self.local.check(check_id) is None:
-                defn = CheckDef(
-                    id=check_id,
-                    name="Service Maintenance Mode",
-                    kind="maintenance",
-                    service_id=service_id,
-                    notes=reason or DEFAULT_SERVICE_MAINT_REASON,
-                    status="critical",
-                )
-                self.local.add_check(defn, "api")
-                log.info("service %s entered maintenance mode", service_id)
-        elif self.local.check(check_id) is not None:
-            self.local.remove_check(check_id)
-            log.info("service %s left maintenance mode", service_id)
+        self._maintenance(
+            CheckDef(
+                id=SERVICE_MAINT_PREFIX + service_id,
+                name="Service Maintenance Mode",
+                kind="maintenance",
+                service_id=service_id,
+                notes=reason or DEFAULT_SERVICE_MAINT_REASON,
+                status="critical",
+            ),
+            enable,
+            f"service {service_id}",
+        )
 
     async def node_maintenance(self, enable: bool, reason: str) -> None:
         """Consul's EnableNodeMaintenance / DisableNodeMaintenance."""
-        if enable:
-            if self.local.check(NODE_MAINT_ID) is None:
-                defn = CheckDef(
-                    id=NODE_MAINT_ID,
-                    name="Node Maintenance Mode",
-                    kind="maintenance",
-                    notes=reason or DEFAULT_NODE_MAINT_REASON,
-                    status="critical",
-                )
-                self.local.add_check(defn, "api")
-                log.info("node entered maintenance mode")
-        elif self.local.check(NODE_MAINT_ID) is not None:
-            self.local.remove_check(NODE_MAINT_ID)
-            log.info("node left maintenance mode")
+        self._maintenance(
+            CheckDef(
+                id=NODE_MAINT_ID,
+                name="Node Maintenance Mode",
+                kind="maintenance",
+                notes=reason or DEFAULT_NODE_MAINT_REASON,
+                status="critical",
+            ),
+            enable,
+            "node",
+        )
+
+    def _maintenance(self, defn: CheckDef, enable: bool, what: str) -> None:
+        """Maintenance is a critical check that is there or not (idempotent both ways)."""
+        present = self.local.check(defn.id) is not None
+        if enable and not present:
+            self.local.add_check(defn, "api")
+            log.info("%s entered maintenance mode", what)
+        elif not enable and present:
+            self.local.remove_check(defn.id)
+            log.info("%s left maintenance mode", what)
 
     async def _load_definitions(self) -> None:
         """Persisted API registrations first, then config files (which win on a clash, as in Consul)."""

@@ -162,38 +162,37 @@ class AntiEntropy:
             if ls.in_sync:
                 continue
             if ls.deleted:
-                await self._deregister(DeregisterRequest(node=node, service_id=sid))
-                if local.services.get(sid) is ls:
-                    del local.services[sid]
-                continue
-            checks = local.service_checks(sid)
-            seen = [(entry, entry.gen) for entry in (ls, *checks)]
-            req = self.agent.node_registration()
-            req.service = ls.defn.service
-            req.checks = [c.defn.record(c.status, c.output) for c in checks]
-            await self._register(req)
-            _mark_synced(seen)
-            local.node_in_sync = True
+                await self._drop(local.services, sid, ls, DeregisterRequest(node=node, service_id=sid))
+            else:
+                await self._push(ls, local.service_checks(sid))
         for cid, lc in list(local.checks.items()):
             if lc.in_sync:
                 continue
             if lc.deleted:
-                await self._deregister(DeregisterRequest(node=node, check_id=cid))
-                if local.checks.get(cid) is lc:
-                    del local.checks[cid]
-                continue
-            if lc.defn.service_id and local.service(lc.defn.service_id) is None:
-                continue  # its service goes first; it will carry this check
-            seen = [(lc, lc.gen)]
-            req = self.agent.node_registration()
-            req.checks = [lc.defn.record(lc.status, lc.output)]
-            await self._register(req)
-            _mark_synced(seen)
-            local.node_in_sync = True
+                await self._drop(local.checks, cid, lc, DeregisterRequest(node=node, check_id=cid))
+            elif not lc.defn.service_id or local.service(lc.defn.service_id) is not None:
+                await self._push(None, [lc])  # (a service's checks otherwise ride with their service)
         if not local.node_in_sync:
             await self._register(self.agent.node_registration())
             local.node_in_sync = True
         self.partial_syncs += 1
+
+    async def _push(self, service: Any, checks: list[Any]) -> None:
+        """Register this node with a service and/or checks; mark them in sync if they did not change meanwhile."""
+        seen = [(entry, entry.gen) for entry in ([service] if service is not None else []) + checks]
+        req = self.agent.node_registration()
+        if service is not None:
+            req.service = service.defn.service
+        req.checks = [c.defn.record(c.status, c.output) for c in checks]
+        await self._register(req)
+        _mark_synced(seen)
+        self.local.node_in_sync = True
+
+    async def _drop(self, table: dict, key: str, entry: Any, req: DeregisterRequest) -> None:
+        """Deregister a deleted service or check, then forget it (unless it was registered again meanwhile)."""
+        await self._deregister(req)
+        if table.get(key) is entry:
+            del table[key]
 
     async def _register(self, req: RegisterRequest) -> None:
         await self.agent.rpc("Catalog.Register", RegisterArgs(req, token=self.agent.agent_token()))

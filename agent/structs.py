@@ -11,13 +11,12 @@ Every problem is a ``BadRequest`` with Consul's wording where Consul has one.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from proconsul.agent.checks import CheckSpec
-from proconsul.api.params import parse_duration
+from proconsul.api.decode import as_bool, as_duration, as_int, as_str, as_strlist, as_strmap, check_unknown, fold
 from proconsul.server.commands import CheckRecord, NodeService
 from proconsul.server.errors import BadRequest
 
@@ -26,76 +25,6 @@ SERVICE_KINDS = ("", "connect-proxy", "mesh-gateway", "terminating-gateway", "in
 DEFAULT_SCRIPT_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 10.0
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
-
-
-def fold(data: Any, what: str) -> dict[str, Any]:
-    """A struct's fields keyed case- and underscore-insensitively ("CheckID", "check_id" -> "checkid")."""
-    if not isinstance(data, dict):
-        raise BadRequest(f"Request decode failed: {what}: expected an object, got {json.dumps(data)[:40]}")
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if not isinstance(key, str):
-            raise BadRequest(f"Request decode failed: {what}: field names must be strings")
-        out[key.replace("_", "").replace("-", "").lower()] = value
-    return out
-
-
-def _str(v: Any, what: str) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise BadRequest(f"Request decode failed: {what}: expected a string, got {json.dumps(v)[:40]}")
-    return v
-
-
-def _int(v: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadRequest(f"Request decode failed: {what}: expected an integer, got {json.dumps(v)[:40]}")
-    if not lo <= v <= hi:
-        raise BadRequest(f"Invalid {what}: {v} is out of range ({lo}-{hi})")
-    return v
-
-
-def _bool(v: Any, what: str) -> bool:
-    if v is None:
-        return False
-    if not isinstance(v, bool):
-        raise BadRequest(f"Request decode failed: {what}: expected true or false, got {json.dumps(v)[:40]}")
-    return v
-
-
-def _strlist(v: Any, what: str) -> list[str]:
-    if v is None:
-        return []
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise BadRequest(f"Request decode failed: {what}: expected a list of strings")
-    return list(v)
-
-
-def _strmap(v: Any, what: str) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise BadRequest(f"Request decode failed: {what}: expected an object of strings")
-    return dict(v)
-
-
-def _duration(v: Any, what: str) -> float:
-    """A Go duration: "10s", "1m30s"; a bare number is nanoseconds, as Go decodes time.Duration."""
-    if v is None or v == "":
-        return 0.0
-    if isinstance(v, bool):
-        raise BadRequest(f"Request decode failed: {what}: expected a duration like \"10s\"")
-    if isinstance(v, (int, float)):
-        return float(v) / 1e9
-    if isinstance(v, str):
-        try:
-            return parse_duration(v)
-        except ValueError:
-            raise BadRequest(f"Request decode failed: {what}: {v!r} is not a duration like \"10s\"") from None
-    raise BadRequest(f"Request decode failed: {what}: expected a duration like \"10s\"")
 
 
 def format_duration(seconds: float) -> str:
@@ -114,20 +43,6 @@ def format_duration(seconds: float) -> str:
     if m:
         return f"{m}m{sec}"
     return sec
-
-
-# Fields Consul's structs carry that we accept and ignore (Enterprise, peering, py-consul's WriteRequest).
-TOLERATED = {"namespace", "partition", "locality", "peername", "writerequest", "enterprisemeta"}
-
-
-def check_unknown(data: dict[str, Any], known: set[str], what: str, strict: bool) -> None:
-    """Consul decodes request bodies with unknown fields disallowed; config files say "invalid config key"."""
-    for key in data:
-        folded = key.replace("_", "").replace("-", "").lower()
-        if folded not in known and folded not in TOLERATED:
-            if strict:
-                raise BadRequest(f"{what}: invalid config key {key}")
-            raise BadRequest(f'Request decode failed: json: unknown field "{key}"')
 
 
 # ----------------------------------------------------------------- checks
@@ -268,44 +183,44 @@ def parse_check(data: Any, *, service_id: str = "", default_id: str = "", defaul
         if not isinstance(header_raw, dict):
             raise BadRequest("Request decode failed: check Header: expected an object of string lists")
         for k, v in header_raw.items():
-            header[k] = [v] if isinstance(v, str) else _strlist(v, f"check Header.{k}")
-    args = _strlist(f.get("scriptargs", f.get("args")), "check ScriptArgs")
-    status = _str(f.get("status"), "check Status") or "critical"
+            header[k] = [v] if isinstance(v, str) else as_strlist(v, f"check Header.{k}")
+    args = as_strlist(f.get("scriptargs", f.get("args")), "check ScriptArgs")
+    status = as_str(f.get("status"), "check Status") or "critical"
     if status not in ("passing", "warning", "critical"):
         raise BadRequest("Status for checks must 'passing', 'warning', 'critical'")
     check = CheckDef(
-        id=_str(f.get("checkid") or f.get("id"), "check ID"),
-        name=_str(f.get("name"), "check Name"),
+        id=as_str(f.get("checkid") or f.get("id"), "check ID"),
+        name=as_str(f.get("name"), "check Name"),
         kind="",
-        service_id=_str(f.get("serviceid"), "check ServiceID") or service_id,
-        notes=_str(f.get("notes"), "check Notes"),
+        service_id=as_str(f.get("serviceid"), "check ServiceID") or service_id,
+        notes=as_str(f.get("notes"), "check Notes"),
         status=status,
-        output=_str(f.get("output"), "check Output"),
-        interval=_duration(f.get("interval"), "check Interval"),
-        timeout=_duration(f.get("timeout"), "check Timeout"),
-        ttl=_duration(f.get("ttl"), "check TTL"),
-        http=_str(f.get("http"), "check HTTP"),
-        method=_str(f.get("method"), "check Method"),
+        output=as_str(f.get("output"), "check Output"),
+        interval=as_duration(f.get("interval"), "check Interval"),
+        timeout=as_duration(f.get("timeout"), "check Timeout"),
+        ttl=as_duration(f.get("ttl"), "check TTL"),
+        http=as_str(f.get("http"), "check HTTP"),
+        method=as_str(f.get("method"), "check Method"),
         header=header,
-        body=_str(f.get("body"), "check Body"),
-        tls_skip_verify=_bool(f.get("tlsskipverify"), "check TLSSkipVerify"),
-        tls_server_name=_str(f.get("tlsservername"), "check TLSServerName"),
-        disable_redirects=_bool(f.get("disableredirects"), "check DisableRedirects"),
-        tcp=_str(f.get("tcp"), "check TCP"),
-        udp=_str(f.get("udp"), "check UDP"),
-        grpc=_str(f.get("grpc"), "check GRPC"),
-        grpc_use_tls=_bool(f.get("grpcusetls"), "check GRPCUseTLS"),
+        body=as_str(f.get("body"), "check Body"),
+        tls_skip_verify=as_bool(f.get("tlsskipverify"), "check TLSSkipVerify"),
+        tls_server_name=as_str(f.get("tlsservername"), "check TLSServerName"),
+        disable_redirects=as_bool(f.get("disableredirects"), "check DisableRedirects"),
+        tcp=as_str(f.get("tcp"), "check TCP"),
+        udp=as_str(f.get("udp"), "check UDP"),
+        grpc=as_str(f.get("grpc"), "check GRPC"),
+        grpc_use_tls=as_bool(f.get("grpcusetls"), "check GRPCUseTLS"),
         args=args,
-        alias_node=_str(f.get("aliasnode"), "check AliasNode"),
-        alias_service=_str(f.get("aliasservice"), "check AliasService"),
-        success_before_passing=_int(f.get("successbeforepassing"), "check SuccessBeforePassing"),
-        failures_before_warning=_int(f.get("failuresbeforewarning"), "check FailuresBeforeWarning"),
-        failures_before_critical=_int(f.get("failuresbeforecritical"), "check FailuresBeforeCritical"),
-        output_max_size=_int(f.get("outputmaxsize"), "check OutputMaxSize") or 4096,
-        deregister_critical_service_after=_duration(
+        alias_node=as_str(f.get("aliasnode"), "check AliasNode"),
+        alias_service=as_str(f.get("aliasservice"), "check AliasService"),
+        success_before_passing=as_int(f.get("successbeforepassing"), "check SuccessBeforePassing"),
+        failures_before_warning=as_int(f.get("failuresbeforewarning"), "check FailuresBeforeWarning"),
+        failures_before_critical=as_int(f.get("failuresbeforecritical"), "check FailuresBeforeCritical"),
+        output_max_size=as_int(f.get("outputmaxsize"), "check OutputMaxSize") or 4096,
+        deregister_critical_service_after=as_duration(
             f.get("deregistercriticalserviceafter"), "check DeregisterCriticalServiceAfter"
         ),
-        token=_str(f.get("token"), "check Token"),
+        token=as_str(f.get("token"), "check Token"),
     )
     check.kind = _kind(check)
     _validate_check(check)
@@ -413,7 +328,7 @@ def parse_proxy(data: Any) -> dict[str, Any]:
         return {}
     proxy = _canonical(data, _PROXY_FIELDS, "Proxy")
     if "LocalServicePort" in proxy:
-        proxy["LocalServicePort"] = _int(proxy["LocalServicePort"], "Proxy.LocalServicePort", 0, 65535)
+        proxy["LocalServicePort"] = as_int(proxy["LocalServicePort"], "Proxy.LocalServicePort", 0, 65535)
     if proxy.get("Upstreams") is not None:
         if not isinstance(proxy["Upstreams"], list):
             raise BadRequest("Request decode failed: Proxy.Upstreams: expected a list")
@@ -422,7 +337,7 @@ def parse_proxy(data: Any) -> dict[str, Any]:
             up = _canonical(u, _UPSTREAM_FIELDS, f"Proxy.Upstreams[{i}]")
             up.setdefault("DestinationType", "service")
             if "LocalBindPort" in up:
-                up["LocalBindPort"] = _int(up["LocalBindPort"], f"Proxy.Upstreams[{i}].LocalBindPort", 0, 65535)
+                up["LocalBindPort"] = as_int(up["LocalBindPort"], f"Proxy.Upstreams[{i}].LocalBindPort", 0, 65535)
             if not up.get("DestinationName"):
                 raise BadRequest(f"Invalid upstream {i}: DestinationName is required")
             ups.append(up)
@@ -434,11 +349,11 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
     """A service definition (/v1/agent/service/register or a config file ``service`` block), validated."""
     f = fold(data, "service")
     check_unknown(data, _SERVICE_FIELDS, "service", strict)
-    name = _str(f.get("name") or f.get("service"), "service Name")
+    name = as_str(f.get("name") or f.get("service"), "service Name")
     if not name:
         raise BadRequest("Missing service name")
-    sid = _str(f.get("id"), "service ID") or name
-    kind = _str(f.get("kind"), "service Kind")
+    sid = as_str(f.get("id"), "service ID") or name
+    kind = as_str(f.get("kind"), "service Kind")
     if kind not in SERVICE_KINDS:
         raise BadRequest(f'Invalid service kind "{kind}"')
     tagged: dict[str, dict[str, Any]] = {}
@@ -449,17 +364,17 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
         for tag, addr in raw_tagged.items():
             a = fold(addr, f"TaggedAddresses.{tag}")
             tagged[tag] = {
-                "Address": _str(a.get("address"), f"TaggedAddresses.{tag}.Address"),
-                "Port": _int(a.get("port"), f"TaggedAddresses.{tag}.Port", 0, 65535),
+                "Address": as_str(a.get("address"), f"TaggedAddresses.{tag}.Address"),
+                "Port": as_int(a.get("port"), f"TaggedAddresses.{tag}.Port", 0, 65535),
             }
-    meta = _strmap(f.get("meta"), "service Meta")
+    meta = as_strmap(f.get("meta"), "service Meta")
     _validate_meta(meta)
     weights = {"Passing": 1, "Warning": 1}
     if f.get("weights") is not None:
         w = fold(f["weights"], "service Weights")
         weights = {
-            "Passing": _int(w.get("passing", 1), "service Weights.Passing", 0),
-            "Warning": _int(w.get("warning", 1), "service Weights.Warning", 0),
+            "Passing": as_int(w.get("passing", 1), "service Weights.Passing", 0),
+            "Warning": as_int(w.get("warning", 1), "service Weights.Warning", 0),
         }
         if weights["Passing"] < 1:
             raise BadRequest("Invalid Weights: Passing must be greater than 0")
@@ -467,27 +382,27 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
     if f.get("connect") is not None:
         c = fold(f["connect"], "service Connect")
         if c.get("native") is not None:
-            connect["Native"] = _bool(c["native"], "Connect.Native")
+            connect["Native"] = as_bool(c["native"], "Connect.Native")
         if c.get("sidecarservice") is not None:
             connect["SidecarService"] = c["sidecarservice"]
     proxy = parse_proxy(f.get("proxy"))
     if kind == "connect-proxy" and not proxy.get("DestinationServiceName"):
         raise BadRequest("Proxy.DestinationServiceName must be non-empty for Connect proxy services")
-    address = _str(f.get("address"), "service Address")
+    address = as_str(f.get("address"), "service Address")
     if address in ("0.0.0.0", "::", "[::]"):
         raise BadRequest("Invalid service address")
     svc = NodeService(
         id=sid,
         service=name,
         kind=kind,
-        tags=_strlist(f.get("tags"), "service Tags"),
+        tags=as_strlist(f.get("tags"), "service Tags"),
         address=address,
         tagged_addresses=tagged,
         meta=meta,
-        port=_int(f.get("port"), "service Port", 0, 65535),
-        socket_path=_str(f.get("socketpath"), "service SocketPath"),
+        port=as_int(f.get("port"), "service Port", 0, 65535),
+        socket_path=as_str(f.get("socketpath"), "service SocketPath"),
         weights=weights,
-        enable_tag_override=_bool(f.get("enabletagoverride"), "service EnableTagOverride"),
+        enable_tag_override=as_bool(f.get("enabletagoverride"), "service EnableTagOverride"),
         proxy=proxy,
         connect=connect,
     )
@@ -509,7 +424,7 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
         checks.append(check)
     if len({c.id for c in checks}) != len(checks):
         raise BadRequest("Invalid check: duplicate check IDs")
-    return ServiceDef(service=svc, checks=checks, token=_str(f.get("token"), "service Token"))
+    return ServiceDef(service=svc, checks=checks, token=as_str(f.get("token"), "service Token"))
 
 
 def _validate_meta(meta: dict[str, str]) -> None:

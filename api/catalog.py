@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from proconsul.agent.structs import check_unknown, fold, parse_service
+from proconsul.agent.structs import parse_service
+from proconsul.api.decode import as_str, as_strmap, check_unknown, fold
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, query_of, reply_response
 from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS, SERVICE_PARAMS, read_route
@@ -39,22 +40,6 @@ async def _body(request: Request) -> Any:
         raise BadRequest(f"Request decode failed: {err}") from None
 
 
-def _str(v: Any, what: str) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise BadRequest(f"Request decode failed: {what}: expected a string")
-    return v
-
-
-def _strmap(v: Any, what: str) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise BadRequest(f"Request decode failed: {what}: expected an object of strings")
-    return dict(v)
-
-
 _REGISTER_FIELDS = {
     "datacenter", "id", "node", "address", "taggedaddresses", "nodemeta", "service", "check", "checks",
     "skipnodeupdate", "token",
@@ -74,19 +59,19 @@ def parse_catalog_check(data: Any, node: str) -> CheckRecord:
     definition = f.get("definition") or {}
     if not isinstance(definition, dict):
         raise BadRequest("Request decode failed: Check.Definition: expected an object")
-    check_node = _str(f.get("node"), "Check.Node")
+    check_node = as_str(f.get("node"), "Check.Node")
     if check_node and check_node.lower() != node.lower():
         raise BadRequest(f'Check node "{check_node}" does not match the registration\'s node "{node}"')
     return CheckRecord(
-        check_id=_str(f.get("checkid") or f.get("id"), "Check.CheckID"),
-        name=_str(f.get("name"), "Check.Name"),
-        status=_str(f.get("status"), "Check.Status"),
-        notes=_str(f.get("notes"), "Check.Notes"),
-        output=_str(f.get("output"), "Check.Output"),
-        service_id=_str(f.get("serviceid"), "Check.ServiceID"),
-        type=_str(f.get("type"), "Check.Type"),
-        interval=_str(f.get("interval"), "Check.Interval"),
-        timeout=_str(f.get("timeout"), "Check.Timeout"),
+        check_id=as_str(f.get("checkid") or f.get("id"), "Check.CheckID"),
+        name=as_str(f.get("name"), "Check.Name"),
+        status=as_str(f.get("status"), "Check.Status"),
+        notes=as_str(f.get("notes"), "Check.Notes"),
+        output=as_str(f.get("output"), "Check.Output"),
+        service_id=as_str(f.get("serviceid"), "Check.ServiceID"),
+        type=as_str(f.get("type"), "Check.Type"),
+        interval=as_str(f.get("interval"), "Check.Interval"),
+        timeout=as_str(f.get("timeout"), "Check.Timeout"),
         definition=dict(definition),
     )
 
@@ -95,14 +80,14 @@ def parse_register(data: Any) -> RegisterRequest:
     """PUT /v1/catalog/register's body (Consul's structs.RegisterRequest)."""
     f = fold(data, "registration")
     check_unknown(data, _REGISTER_FIELDS, "registration", strict=False)
-    node = _str(f.get("node"), "Node")
+    node = as_str(f.get("node"), "Node")
     req = RegisterRequest(
         node=node,
-        id=_str(f.get("id"), "ID"),
-        address=_str(f.get("address"), "Address"),
-        datacenter=_str(f.get("datacenter"), "Datacenter"),
-        tagged_addresses=_strmap(f.get("taggedaddresses"), "TaggedAddresses"),
-        node_meta=_strmap(f.get("nodemeta"), "NodeMeta"),
+        id=as_str(f.get("id"), "ID"),
+        address=as_str(f.get("address"), "Address"),
+        datacenter=as_str(f.get("datacenter"), "Datacenter"),
+        tagged_addresses=as_strmap(f.get("taggedaddresses"), "TaggedAddresses"),
+        node_meta=as_strmap(f.get("nodemeta"), "NodeMeta"),
         skip_node_update=bool(f.get("skipnodeupdate")),
     )
     if f.get("service") is not None:
@@ -144,12 +129,12 @@ async def catalog_deregister(request: Request) -> Response:
     f = fold(data, "deregistration")
     check_unknown(data, _DEREGISTER_FIELDS, "deregistration", strict=False)
     req = DeregisterRequest(
-        node=_str(f.get("node"), "Node"),
-        service_id=_str(f.get("serviceid"), "ServiceID"),
-        check_id=_str(f.get("checkid"), "CheckID"),
+        node=as_str(f.get("node"), "Node"),
+        service_id=as_str(f.get("serviceid"), "ServiceID"),
+        check_id=as_str(f.get("checkid"), "CheckID"),
     )
     opts = opts_of(request)
-    await agent_of(request).rpc("Catalog.Deregister", DeregisterArgs(req, opts.datacenter or _str(f.get("datacenter"), "Datacenter"), opts.token))
+    await agent_of(request).rpc("Catalog.Deregister", DeregisterArgs(req, opts.datacenter or as_str(f.get("datacenter"), "Datacenter"), opts.token))
     return json_response(request, True)
 
 

@@ -14,6 +14,7 @@ from proconsul.api.common import CONSISTENT, DC, STALE, TOKEN, agent_of, json_re
 from proconsul.api.headers import leader_headers
 from proconsul.api.lean import read_limited
 from proconsul.api.common import query_of
+from proconsul.api.decode import as_int, as_str, fold
 from proconsul.api.params import token_from
 from proconsul.server.commands import TXN_KV_WRITE_VERBS, TxnKVOp, TxnRequest
 from proconsul.server.errors import BadRequest, TooLarge
@@ -22,34 +23,9 @@ from proconsul.server.structs import QueryMeta, QueryOptions, TxnApply
 router = APIRouter(tags=["txn"])
 
 MAX_TXN_OPS = 128
+PARSE = "Failed to parse body"
 _KV_FIELDS = {"verb": "verb", "key": "key", "value": "value", "flags": "flags", "index": "index", "session": "session"}
 _UNSUPPORTED = ("node", "service", "check")
-
-
-def _fold(obj: dict, what: str) -> dict[str, Any]:
-    """Go's JSON decoding matches field names case-insensitively; keys folded to lower case."""
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        if not isinstance(k, str):
-            raise BadRequest(f"Failed to parse body: {what}: field names must be strings")
-        out[k.lower()] = v
-    return out
-
-
-def _uint(value: Any, what: str) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise BadRequest(f"Failed to parse body: {what} must be an unsigned integer")
-    return value
-
-
-def _str(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRequest(f"Failed to parse body: {what} must be a string")
-    return value
 
 
 def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
@@ -66,7 +42,7 @@ def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise BadRequest(f"Failed to parse body: operation {i} is not an object")
-        item = _fold(item, f"operation {i}")
+        item = fold(item, f"operation {i}", PARSE)
         for name in item:
             if name in _UNSUPPORTED:
                 raise BadRequest(f"Failed to parse body: operation {i}: {name.capitalize()} operations are not supported")
@@ -77,11 +53,11 @@ def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
             raise BadRequest(f"Failed to parse body: operation {i} has no KV member")
         if not isinstance(kv, dict):
             raise BadRequest(f"Failed to parse body: operation {i}: KV must be an object")
-        kv = _fold(kv, f"operation {i}")
+        kv = fold(kv, f"operation {i}", PARSE)
         for name in kv:
             if name not in _KV_FIELDS:
                 raise BadRequest(f'Failed to parse body: json: unknown field "{name}"')
-        key = _str(kv.get("key"), f"operation {i}: Key")
+        key = as_str(kv.get("key"), f"operation {i}: Key", PARSE)
         value = kv.get("value")
         if value is not None:
             if not isinstance(value, str):
@@ -94,12 +70,12 @@ def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
                 raise TooLarge(f'Value for key "{key}" is too large ({len(value)} > {max_value} bytes)')
         ops.append(
             TxnKVOp(
-                verb=_str(kv.get("verb"), f"operation {i}: Verb"),
+                verb=as_str(kv.get("verb"), f"operation {i}: Verb", PARSE),
                 key=key,
                 value=value,
-                flags=_uint(kv.get("flags"), f"operation {i}: Flags"),
-                index=_uint(kv.get("index"), f"operation {i}: Index"),
-                session=_str(kv.get("session"), f"operation {i}: Session"),
+                flags=as_int(kv.get("flags"), f"operation {i}: Flags", 0, 2**64 - 1, PARSE),
+                index=as_int(kv.get("index"), f"operation {i}: Index", 0, 2**64 - 1, PARSE),
+                session=as_str(kv.get("session"), f"operation {i}: Session", PARSE),
             )
         )
     return ops

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from proconsul.server import shapes
 from proconsul.server.endpoints import endpoint
@@ -30,14 +30,7 @@ async def health_service_checks(srv: Any, args: CatalogQuery, hops: int) -> Quer
     done, result = await srv.forward_read("Health.ServiceChecks", args, args.opts, hops)
     if done:
         return result
-    keep = compile_query_filter(args, "HEALTH_CHECK")
-
-    def shape(checks: list) -> list:
-        if args.node_meta:
-            checks = [c for c in checks if node_meta_ok(_node_meta(srv, c.node), args.node_meta)]
-        return keep([shapes.check_json(c) for c in checks])
-
-    return await srv.blocking_query(args.opts, lambda ws: srv.state.service_checks(args.name, ws), shape)
+    return await srv.blocking_query(args.opts, lambda ws: srv.state.service_checks(args.name, ws), _checks_shape(srv, args))
 
 
 @endpoint("Health.ChecksInState", CatalogQuery, QueryReply)
@@ -48,14 +41,7 @@ async def health_checks_in_state(srv: Any, args: CatalogQuery, hops: int) -> Que
     done, result = await srv.forward_read("Health.ChecksInState", args, args.opts, hops)
     if done:
         return result
-    keep = compile_query_filter(args, "HEALTH_CHECK")
-
-    def shape(checks: list) -> list:
-        if args.node_meta:
-            checks = [c for c in checks if node_meta_ok(_node_meta(srv, c.node), args.node_meta)]
-        return keep([shapes.check_json(c) for c in checks])
-
-    return await srv.blocking_query(args.opts, lambda ws: srv.state.checks_in_state(args.name, ws), shape)
+    return await srv.blocking_query(args.opts, lambda ws: srv.state.checks_in_state(args.name, ws), _checks_shape(srv, args))
 
 
 @endpoint("Health.ServiceNodes", CatalogQuery, QueryReply)
@@ -81,6 +67,18 @@ async def health_service_nodes(srv: Any, args: CatalogQuery, hops: int) -> Query
     return await srv.blocking_query(
         args.opts, lambda ws: srv.state.check_service_nodes(args.name, ws, connect=args.connect), shape
     )
+
+
+def _checks_shape(srv: Any, args: CatalogQuery) -> Callable[[list], list]:
+    """Checks as Consul's JSON, kept by ?node-meta (of the check's node) and ?filter."""
+    keep = compile_query_filter(args, "HEALTH_CHECK")
+
+    def shape(checks: list) -> list:
+        if args.node_meta:
+            checks = [c for c in checks if node_meta_ok(_node_meta(srv, c.node), args.node_meta)]
+        return keep([shapes.check_json(c) for c in checks])
+
+    return shape
 
 
 def _node_meta(srv: Any, name: str) -> dict:
