@@ -94,7 +94,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             meta[key] = value
         flags["node_meta"] = meta
     if args.retry_interval:
-        from proconsul.api.params import parse_duration
+        from proconsul.server.durations import parse_duration
 
         try:
             flags["retry_interval"] = parse_duration(args.retry_interval)

@@ -20,7 +20,7 @@ from typing import Any
 
 from proconsul.agent import structs
 
-from proconsul.api.params import parse_duration
+from proconsul.server.durations import parse_duration
 from proconsul.server.config import ServerConfig
 from proconsul.server.errors import ProconsulError
 from proconsul.server.raft import RaftTuning

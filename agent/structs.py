@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from proconsul.agent.checks import CheckSpec
+from proconsul.server.durations import format_duration
 from proconsul.api.decode import as_bool, as_duration, as_int, as_str, as_strlist, as_strmap, check_unknown, fold
 from proconsul.server.commands import CheckRecord, NodeService
 from proconsul.server.errors import BadRequest
@@ -25,24 +26,6 @@ SERVICE_KINDS = ("", "connect-proxy", "mesh-gateway", "terminating-gateway", "in
 DEFAULT_SCRIPT_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 10.0
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
-
-
-def format_duration(seconds: float) -> str:
-    """Go's time.Duration String for the durations checks use ("10s", "1m30s", "500ms", "0s")."""
-    if seconds <= 0:
-        return "0s"
-    ms = round(seconds * 1000)
-    if ms < 1000:
-        return f"{ms}ms"
-    h, rem = divmod(ms, 3_600_000)
-    m, rem = divmod(rem, 60_000)
-    s = rem / 1000
-    sec = f"{s:g}s"
-    if h:
-        return f"{h}h{m}m{sec}"
-    if m:
-        return f"{m}m{sec}"
-    return sec
 
 
 # ----------------------------------------------------------------- checks

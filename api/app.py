@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from proconsul.agent.version import __version__
 from proconsul.api import agent as agent_api
-from proconsul.api import catalog, health, internal, operator, snapshot, status, txn
+from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
 from proconsul.api.common import reply_response
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
@@ -29,6 +29,7 @@ ROUTERS = (
     agent_api.router,
     catalog.router,
     health.router,
+    session.router,
     internal.router,
 )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proconsul.api.params import parse_duration
+from proconsul.server.durations import parse_duration
 from proconsul.server.errors import BadRequest
 
 DECODE = "Request decode failed"

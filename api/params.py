@@ -5,38 +5,13 @@ Error texts are Consul's (agent/http.go parseWait / parseConsistency).
 
 from __future__ import annotations
 
-import re
 from typing import Mapping, Sequence
 
+from proconsul.server.durations import parse_duration
 from proconsul.server.errors import BadRequest
 from proconsul.server.structs import QueryOptions
 
 Query = Mapping[str, Sequence[str]]
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Go's time.ParseDuration ("10s", "1m30s", "250ms", "0"), in seconds; raises ValueError."""
-    s = text.strip()
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}")
-    total, pos = 0.0, 0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total
-
 
 def parse_uint(text: str, what: str) -> int:
     """A uint64 parameter, with a clear 400 when it is not one."""

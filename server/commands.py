@@ -154,6 +154,28 @@ class MemberReapRequest:
     name: str
 
 
+@dataclass
+class SessionRecord:
+    """A session as the create command carries it (ID made by the leader); ``lock_delay`` in nanoseconds."""
+
+    id: str
+    name: str = ""
+    node: str = ""
+    lock_delay: int = 15_000_000_000
+    behavior: str = "release"
+    ttl: str = ""
+    node_checks: list[str] = field(default_factory=list)
+    service_checks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionRequest:
+    """Consul's structs.SessionRequest: create a session, or destroy (invalidate) one."""
+
+    op: str
+    session: SessionRecord
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -165,6 +187,7 @@ COMMAND_TYPES: dict[int, type] = {
     7: DeregisterRequest,
     8: MemberUpdateRequest,
     9: MemberReapRequest,
+    10: SessionRequest,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 

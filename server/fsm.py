@@ -27,6 +27,7 @@ from proconsul.server.commands import (
     MemberUpdateRequest,
     RegisterRequest,
     RestoreRequest,
+    SessionRequest,
     TombstoneRequest,
     TxnRequest,
     decode,
@@ -34,7 +35,7 @@ from proconsul.server.commands import (
 from proconsul.server.errors import ProconsulError, StoreError
 from proconsul.server.snapshot import tables_from_wire
 from proconsul.server.shapes import health_check, service_instance
-from proconsul.server.state import DirEntry, Member, Node, StateStore, TxnErrors
+from proconsul.server.state import DirEntry, Member, Node, Session, StateStore, TxnErrors
 
 log = logging.getLogger("proconsul.fsm")
 
@@ -62,6 +63,7 @@ class FSM:
             DeregisterRequest: self.apply_deregister,
             MemberUpdateRequest: self.apply_member_update,
             MemberReapRequest: self.apply_member_reap,
+            SessionRequest: self.apply_session,
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
@@ -142,3 +144,22 @@ class FSM:
 
     def apply_member_reap(self, req: MemberReapRequest, index: int) -> None:
         self.state.member_reap(index, req.name)
+
+    def apply_session(self, req: SessionRequest, index: int) -> None:
+        if req.op == "create":
+            r = req.session
+            session = Session(
+                id=r.id,
+                name=r.name,
+                node=r.node,
+                lock_delay=r.lock_delay,
+                behavior=r.behavior,
+                ttl=r.ttl,
+                node_checks=tuple(r.node_checks),
+                service_checks=tuple(r.service_checks),
+            )
+            self.state.session_create(index, session)
+        elif req.op == "destroy":
+            self.state.session_destroy(index, req.session.id)
+        else:
+            raise StoreError(f"Invalid session operation '{req.op}'")

@@ -4,7 +4,8 @@ Timers here live in memory and reset on every election; what they decide is
 proposed as a command and re-checked inside apply. Now: the first barrier
 (after which default-mode reads are safe on this leader), tombstone reaping
 (Consul's TombstoneGC: tombstones live ``tombstone_ttl``, reaped in batches
-every ``tombstone_granularity``) and node liveness (``liveness.Liveness``).
+every ``tombstone_granularity``), node liveness (``liveness.Liveness``) and
+session TTL timers (``sessions.SessionTimers``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LeaderDuties:
         self.stop()
         self.active = True
         self.srv.liveness.start()
+        self.srv.session_timers.start()
         self._tasks = [
             asyncio.create_task(self._establish(), name="leader-establish"),
             asyncio.create_task(self._reap_tombstones(), name="leader-tombstones"),
@@ -42,6 +44,7 @@ class LeaderDuties:
     def stop(self) -> None:
         self.active = False
         self.srv.liveness.stop()
+        self.srv.session_timers.stop()
         for task in self._tasks:
             task.cancel()
         self._tasks = []

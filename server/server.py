@@ -23,6 +23,7 @@ from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacente
 from proconsul.server.fsm import FSM
 from proconsul.server.leader import LeaderDuties
 from proconsul.server.liveness import Liveness
+from proconsul.server.sessions import LockDelays, SessionTimers
 from proconsul.server.membership import Membership
 from proconsul.server.raft import RaftNode, write_peers
 from proconsul.server.rpc import RPCPool, RPCServer
@@ -51,6 +52,8 @@ class Server:
         self.rpc = RPCServer(self.handle_rpc)
         self.members = Membership(self)
         self.liveness = Liveness(self)
+        self.session_timers = SessionTimers(self)
+        self.lock_delays = LockDelays()
         self.leader_duties = LeaderDuties(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         # The agent's telemetry registry (proconsul.agent.metrics.Metrics), when an agent hosts this server.
@@ -75,6 +78,7 @@ class Server:
         loop = self.loop
         self.state.notify = lambda chs: loop.call_soon_threadsafe(fire_all, chs)
         self.state.on_tombstone = lambda index: loop.call_soon_threadsafe(self.leader_duties.hint_tombstone, index)
+        self.state.on_lock_delay = lambda keys, delay: loop.call_soon_threadsafe(self.lock_delays.record, keys, delay)
         await self.rpc.start(self.config.bind_addr, self.config.server_port)
         self._tasks.append(asyncio.create_task(self.members.run(), name="membership"))
 

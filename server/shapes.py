@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proconsul.server.commands import CheckRecord, NodeService
-from proconsul.server.state import HealthCheck, Member, Node, ServiceInstance
+from proconsul.server.state import HealthCheck, Member, Node, ServiceInstance, Session
 
 # Consul's NodeService.Proxy for a service that is not a proxy (a struct, so never null).
 _EMPTY_PROXY = {"Mode": "", "MeshGateway": {}, "Expose": {}}
@@ -213,4 +213,20 @@ def member_json(m: Member) -> dict[str, Any]:
         "DelegateMin": 2,
         "DelegateMax": 5,
         "DelegateCur": 4,
+    }
+
+
+def session_json(s: Session) -> dict[str, Any]:
+    """Consul's structs.Session (LockDelay in nanoseconds, as Go's time.Duration encodes)."""
+    return {
+        "ID": s.id,
+        "Name": s.name,
+        "Node": s.node,
+        "LockDelay": s.lock_delay,
+        "Behavior": s.behavior,
+        "TTL": s.ttl,
+        "NodeChecks": list(s.node_checks) or None,
+        "ServiceChecks": [{"ID": c, "Namespace": ""} for c in s.service_checks] or None,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from proconsul.server.commands import DeregisterRequest, KVSRequest, RegisterRequest, TxnRequest
+from proconsul.server.commands import DeregisterRequest, KVSRequest, RegisterRequest, SessionRecord, TxnRequest
 
 
 @dataclass
@@ -197,3 +197,22 @@ class MemberRequest:
     name: str
     datacenter: str = ""
     token: str = ""
+
+
+@dataclass
+class SessionApply:
+    """Session.Apply: create or destroy, plus routing."""
+
+    op: str
+    session: SessionRecord
+    datacenter: str = ""
+    token: str = ""
+
+
+@dataclass
+class SessionQuery:
+    """Session.Get / Renew / NodeSessions / List."""
+
+    id: str = ""
+    node: str = ""
+    opts: QueryOptions = field(default_factory=QueryOptions)

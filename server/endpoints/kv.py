@@ -52,6 +52,9 @@ async def kvs_apply(srv: Any, args: KVSApply, hops: int) -> bool:
         raise BadRequest(f"Invalid KVS operation '{req.op}'")
     if not req.key and req.op != "delete-tree":
         raise BadRequest("Must provide key")
+    if req.op == "lock" and srv.lock_delays.active(req.key):
+        # Lock-delay runs on the leader's wall clock, so it is checked before Raft (Consul's kvsPreApply).
+        return False
     return await propose(srv, req)
 
 

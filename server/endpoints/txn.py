@@ -9,13 +9,15 @@ from proconsul.server.endpoints.kv import entry_json, propose
 from proconsul.server.structs import TxnApply
 
 
-def _precheck(ops: list) -> list[dict[str, Any]]:
-    """Consul's txnPreCheck: errors found before anything reaches Raft."""
-    return [
-        {"OpIndex": i, "What": "Must provide key"}
-        for i, op in enumerate(ops)
-        if not op.key and op.verb != "delete-tree"
-    ]
+def _precheck(srv: Any, ops: list) -> list[dict[str, Any]]:
+    """Consul's txnPreCheck: errors found before anything reaches Raft (keys, and lock-delay on the leader)."""
+    errors = []
+    for i, op in enumerate(ops):
+        if not op.key and op.verb != "delete-tree":
+            errors.append({"OpIndex": i, "What": "Must provide key"})
+        elif op.verb == "lock" and srv.lock_delays.active(op.key):
+            errors.append({"OpIndex": i, "What": f'failed to lock key "{op.key}" due to lock delay'})
+    return errors
 
 
 def _errors(errors: list[tuple[int, str]]) -> list[dict[str, Any]]:
@@ -28,7 +30,7 @@ async def txn_apply(srv: Any, args: TxnApply, hops: int) -> dict[str, Any]:
     done, result = await srv.forward("Txn.Apply", args, args.opts.datacenter, hops)
     if done:
         return result
-    errors = _precheck(args.req.ops)
+    errors = _precheck(srv, args.req.ops)
     if errors:
         return {"Results": None, "Errors": errors}
     outcome = await propose(srv, args.req)
@@ -46,7 +48,7 @@ async def txn_read(srv: Any, args: TxnApply, hops: int) -> dict[str, Any]:
         return result
     if opts.consistent:
         await srv.raft.barrier()
-    errors = _precheck(args.req.ops)
+    errors = _precheck(srv, args.req.ops)
     results: list = []
     if not errors:
         entries, failed = srv.state.txn_read(args.req.ops)

@@ -69,6 +69,8 @@ class WriteTxn:
     undo: list[Callable[[], None]] = field(default_factory=list)
     kv_keys: set[str] = field(default_factory=set)
     watch_keys: set[str] = field(default_factory=set)
+    # Keys released by session invalidations, with their lock delay (seconds), reported after commit.
+    lock_delays: list[tuple[list[str], float]] = field(default_factory=list)
 
 
 def restore_slot(table: Any, key: Any, old: Any) -> None:
@@ -164,6 +166,8 @@ class StoreBase:
                 fired += getattr(self, f"_{part}_fired")(tx)
         if fired:
             self.notify(fired)
+        for keys, delay in tx.lock_delays:
+            self.on_lock_delay(keys, delay)
         return result
 
     # ---------------------------------------------------------------- snapshot & restore

@@ -167,6 +167,7 @@ class CatalogStore:
     _drop_index_txn: Callable[[WriteTxn, str], None]
     _write: Callable[..., Any]
     _watch: Callable[..., None]
+    _invalidate_sessions_txn: Callable[..., None]
 
     def _catalog_init(self) -> None:
         self._nodes: dict[str, Node] = {}
@@ -348,6 +349,9 @@ class CatalogStore:
         if _same(existing, row):
             return
         self._put_check_row_txn(tx, row)
+        if row.status == "critical":
+            # Consul invalidates sessions bound to a check that goes critical, in the same transaction.
+            self._invalidate_sessions_txn(tx, lnode, row.check_id)
         if existing is not None and existing.service_id and existing.service_id.lower() != row.service_id.lower():
             old = self._services.get((lnode, existing.service_id.lower()))
             if old is not None:
@@ -381,6 +385,7 @@ class CatalogStore:
         if existing is None:
             return
         self._touch_check_owner(tx, existing)
+        self._invalidate_sessions_txn(tx, key[0], existing.check_id)
         self._cat_del(tx, self._checks, key)
         self._set_remove(tx, self._chk_by_node, key[0], key[1])
         self._set_index_txn(tx, "checks")
@@ -413,6 +418,7 @@ class CatalogStore:
         existing = self._nodes.get(lnode)
         if existing is None:
             return
+        self._invalidate_sessions_txn(tx, lnode, None)
         for cid in list(self._chk_by_node.get(lnode, ())):
             self.delete_check_txn(tx, node, cid)
         for sid in list(self._svc_by_node.get(lnode, ())):

@@ -66,6 +66,8 @@ class KVStore:
         self._tombstones: SortedDict = SortedDict()  # key -> index
         self._kv_key_watches: dict[str, WatchChannel] = {}
         self._kv_prefix_watches: dict[str, WatchChannel] = {}
+        # session ID -> keys it holds, so invalidating a session finds its locks without a scan
+        self._kv_by_session: dict[str, set[str]] = {}
         # Called with the index of every commit that made tombstones (the leader's reaper).
         self.on_tombstone: Callable[[int], None] = lambda index: None
 
@@ -76,8 +78,13 @@ class KVStore:
         kv = SortedDict((row[0], DirEntry(*row)) for row in tables.get("kvs", ()))
         tombstones = SortedDict((k, int(i)) for k, i in tables.get("tombstones", ()))
 
+        by_session: dict[str, set[str]] = {}
+        for key, entry in kv.items():
+            if entry.session:
+                by_session.setdefault(entry.session, set()).add(key)
+
         def swap() -> None:
-            self._kv, self._tombstones = kv, tombstones
+            self._kv, self._tombstones, self._kv_by_session = kv, tombstones, by_session
 
         return swap
 
@@ -125,6 +132,26 @@ class KVStore:
         tx.undo.append(lambda: restore_slot(self._kv, entry.key, old))
         tx.kv_keys.add(entry.key)
         self._set_index_txn(tx, "kvs")
+        old_session = old.session if old is not MISSING else ""
+        if old_session != entry.session:
+            self._kv_session_index_txn(tx, entry.key, old_session, entry.session)
+
+    def _kv_session_index_txn(self, tx: WriteTxn, key: str, old: str, new: str) -> None:
+        """Keep session -> held keys current (undoably)."""
+        index = self._kv_by_session
+
+        def move(src: str, dst: str) -> None:
+            if src:
+                held = index.get(src)
+                if held is not None:
+                    held.discard(key)
+                    if not held:
+                        del index[src]
+            if dst:
+                index.setdefault(dst, set()).add(key)
+
+        move(old, new)
+        tx.undo.append(lambda: move(new, old))
 
     def _kv_tombstone_txn(self, tx: WriteTxn, key: str) -> None:
         old = self._tombstones.get(key, MISSING)
@@ -136,6 +163,8 @@ class KVStore:
         old = self._kv.pop(key)
         tx.undo.append(lambda: restore_slot(self._kv, key, old))
         tx.kv_keys.add(key)
+        if old.session:
+            self._kv_session_index_txn(tx, key, old.session, "")
 
     # ------------------------------------------------------------- KV writes
 
