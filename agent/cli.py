@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import sys
+import time
 from typing import Any, Callable, NoReturn
 
 from proconsul.agent.client import APIError, Client
@@ -707,6 +708,150 @@ def _cluster_parsers(subs: Any) -> None:
     rl.set_defaults(run=cmd_reload)
 
 
+# ----------------------------------------------------------------- sessions and locks
+
+
+def cmd_session_list(args: argparse.Namespace) -> int:
+    path = f"/v1/session/node/{args.node}" if args.node else "/v1/session/list"
+    sessions = _client(args).request("GET", path).json()
+    rows = [("ID", "Node", "Name", "TTL", "Behavior", "LockDelay")]
+    for s in sessions:
+        rows.append((s["ID"], s["Node"], s["Name"] or "-", s["TTL"] or "-", s["Behavior"], f"{s['LockDelay'] / 1e9:g}s"))
+    _table(rows)
+    return 0
+
+
+def cmd_session_info(args: argparse.Namespace) -> int:
+    import json
+
+    found = _client(args).request("GET", f"/v1/session/info/{args.id}").json()
+    if not found:
+        raise CLIError(f"Error! No session with ID {args.id}")
+    _out(json.dumps(found[0], indent=4))
+    return 0
+
+
+def cmd_session_destroy(args: argparse.Namespace) -> int:
+    _client(args).request("PUT", f"/v1/session/destroy/{args.id}")
+    _out(f"Destroyed session: {args.id}")
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """Consul's `lock`: hold a lock (or a semaphore slot with -n) under PREFIX while CHILD runs."""
+    import shlex
+    import signal
+    import subprocess
+    import threading
+
+    from proconsul.agent.lock import Lock, LockError, Semaphore
+    from proconsul.server.durations import parse_duration
+
+    if not args.child:
+        raise CLIError("Error! Missing child command")
+    if args.n < 1:
+        raise CLIError("Error! Limit must be positive")
+    prefix = args.prefix.strip("/")
+    child_text = " ".join(args.child)
+    name = args.name or f"Consul lock for '{child_text}' at '{prefix}'"
+    try:
+        wait = parse_duration(args.try_) if args.try_ else None
+    except ValueError:
+        raise CLIError(f"Error! Invalid -try duration {args.try_!r}") from None
+    client = _client(args)
+    holder: Lock | Semaphore
+    if args.n == 1:
+        holder = Lock(client, f"{prefix}/.lock", session_name=name)
+    else:
+        holder = Semaphore(client, prefix, args.n, session_name=name)
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        acquired = holder.acquire(timeout=wait, stop=stop)
+    except LockError as err:
+        raise CLIError(f"Lock acquisition failed: {err}") from None
+    if not acquired:
+        raise CLIError("Shutdown triggered or timeout during lock acquisition")
+    if args.verbose:
+        sys.stderr.write(f"Lock acquired on {prefix}\n")
+    argv = ["/bin/sh", "-c", child_text] if args.shell else args.child
+    child = subprocess.Popen(argv, start_new_session=True, stdin=None if args.pass_stdin else subprocess.DEVNULL)
+    forwarded = 0
+    try:
+        while child.poll() is None:
+            if holder.lost.is_set() and not stop.is_set():
+                sys.stderr.write("Lock lost, killing child\n")
+                _kill_group(child)
+                break
+            if len(received) > forwarded:
+                for sig in received[forwarded:]:
+                    _signal_group(child, sig)
+                forwarded = len(received)
+            time.sleep(0.05)
+        rc = child.wait()
+    finally:
+        holder.release()
+    if args.verbose:
+        sys.stderr.write(f"Child exited with code {rc}; lock released\n")
+    return 2 if args.child_exit_code and rc != 0 else 0
+
+
+def _signal_group(child: Any, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(child: Any) -> None:
+    import signal
+    import subprocess
+
+    _signal_group(child, signal.SIGTERM)
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        _signal_group(child, signal.SIGKILL)
+
+
+def _session_parsers(subs: Any) -> None:
+    sess = _sub(subs, "session", "List, show and destroy sessions")
+    ss = sess.add_subparsers(dest="sess_cmd", metavar="list|info|destroy", parser_class=_Parser)
+    ss.required = True
+    lst = _sub(ss, "list", "List sessions (all, or one node's)")
+    _http_flags(lst)
+    _flag(lst, "node", help="only this node's sessions")
+    lst.set_defaults(run=cmd_session_list)
+    info = _sub(ss, "info", "Show one session")
+    info.add_argument("id")
+    _http_flags(info)
+    info.set_defaults(run=cmd_session_info)
+    destroy = _sub(ss, "destroy", "Destroy a session (its locks are released)")
+    destroy.add_argument("id")
+    _http_flags(destroy)
+    destroy.set_defaults(run=cmd_session_destroy)
+
+    lock = _sub(subs, "lock", "Run a command while holding a lock (or, with -n, one of N semaphore slots)")
+    lock.add_argument("prefix")
+    lock.add_argument("child", nargs=argparse.REMAINDER)
+    _http_flags(lock)
+    _flag(lock, "n", type=int, default=1, help="semaphore limit: how many holders at once (default 1: a lock)")
+    _flag(lock, "name", help="session name")
+    _flag(lock, "pass-stdin", dest="pass_stdin", action="store_true", help="give the child our stdin")
+    _flag(lock, "try", dest="try_", help="give up acquiring after this long (e.g. 10s)")
+    _flag(lock, "child-exit-code", dest="child_exit_code", action="store_true", help="exit 2 when the child fails")
+    _flag(lock, "shell", type=lambda v: v.lower() not in ("false", "0"), default=True, help="run the child through sh -c (default true)")
+    _flag(lock, "verbose", action="store_true")
+    lock.set_defaults(run=cmd_lock)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -723,6 +868,7 @@ def parser() -> argparse.ArgumentParser:
     _snapshot_parser(subs)
     _operator_parser(subs)
     _cluster_parsers(subs)
+    _session_parsers(subs)
     return p
 
 

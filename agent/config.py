@@ -74,6 +74,7 @@ class RuntimeConfig:
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
     check_reap_interval: float = 30.0
+    session_ttl_min: float = 10.0
     check_deregister_interval_min: float = 60.0
     # Service and check definitions from config files, already validated.
     services: tuple[Any, ...] = ()
@@ -102,6 +103,7 @@ class RuntimeConfig:
             encrypt=self.encrypt,
             raft=RaftTuning(snapshot_threshold=self.raft_snapshot_threshold, snapshot_interval=self.raft_snapshot_interval),
             node_failure_timeout=self.liveness_timeout,
+            session_ttl_min=self.session_ttl_min,
             reconnect_timeout=self.reconnect_timeout,
         )
 
@@ -135,6 +137,7 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "ae_interval": ("ae_interval", "duration"),
     "reconnect_timeout": ("reconnect_timeout", "duration"),
     "check_reap_interval": ("check_reap_interval", "duration"),
+    "session_ttl_min": ("session_ttl_min", "duration"),
     "check_deregister_interval_min": ("check_deregister_interval_min", "duration"),
     "liveness": ("liveness", "liveness"),
     "service": ("services", "service"),

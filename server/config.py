@@ -27,6 +27,7 @@ class ServerConfig:
     tombstone_ttl: float = 900.0
     tombstone_granularity: float = 30.0
     node_failure_timeout: float = 10.0
+    session_ttl_min: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
 
     @property

@@ -341,6 +341,7 @@ async def api(anyio_backend: str) -> Any:
         # Fast reaping so deregister_critical_service_after can be tested in seconds.
         "check_reap_interval": 0.2,
         "check_deregister_interval_min": 0.5,
+        "session_ttl_min": 1.0,
     }
     cfg = config.build(flags, [], [])
     agent = Agent(cfg)

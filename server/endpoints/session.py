@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from proconsul.server.durations import parse_duration
+from proconsul.server.durations import format_duration, parse_duration
 from proconsul.server import shapes
 from proconsul.server.commands import SessionRequest
 from proconsul.server.endpoints import endpoint
@@ -14,17 +14,17 @@ from proconsul.server.errors import BadRequest
 from proconsul.server.state import BEHAVIORS
 from proconsul.server.structs import QueryReply, SessionApply, SessionQuery
 
-TTL_MIN, TTL_MAX = 10.0, 86400.0
+TTL_MAX = 86400.0
 
 
-def _validate_ttl(ttl: str) -> float:
-    """Consul's session TTL bounds, with its message."""
+def _validate_ttl(ttl: str, ttl_min: float) -> float:
+    """Consul's session TTL bounds (session_ttl_min .. 24h), with its message."""
     try:
         seconds = parse_duration(ttl)
     except ValueError:
         raise BadRequest(f"Session TTL '{ttl}' invalid: not a duration like \"30s\"") from None
-    if not TTL_MIN <= seconds <= TTL_MAX:
-        raise BadRequest(f"Invalid Session TTL '{ttl}', must be between [10s=24h0m0s]")
+    if not ttl_min <= seconds <= TTL_MAX:
+        raise BadRequest(f"Invalid Session TTL '{ttl}', must be between [{format_duration(ttl_min)}=24h0m0s]")
     return seconds
 
 
@@ -46,7 +46,7 @@ async def session_apply(srv: Any, args: SessionApply, hops: int) -> Any:
     rec.behavior = rec.behavior or "release"
     if rec.behavior not in BEHAVIORS:
         raise BadRequest(f"Invalid Behavior setting '{rec.behavior}'")
-    ttl = _validate_ttl(rec.ttl) if rec.ttl else 0.0
+    ttl = _validate_ttl(rec.ttl, srv.config.session_ttl_min) if rec.ttl else 0.0
     if rec.lock_delay < 0:
         raise BadRequest("Invalid LockDelay: cannot be negative")
     if not rec.node:
