@@ -180,7 +180,8 @@ class Semaphore:
     def acquire(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Block until a slot is ours (True) or until ``timeout`` / ``stop`` (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.session = _SessionHolder(self.client, self.session_name, self.ttl)
+        # "delete": a dead contender's key vanishes with its session (Consul's semaphore recipe).
+        self.session = _SessionHolder(self.client, self.session_name, self.ttl, behavior="delete")
         if not self.client.kv_put(self._contender_key(), self.value, acquire=self.session.id, flags=SEMAPHORE_FLAG):
             self.session.close()
             raise LockError("Failed to make contender entry")

@@ -29,22 +29,31 @@ def parse_create(data: Any, default_node: str) -> SessionRecord:
     check_unknown(data if isinstance(data, dict) else {}, _CREATE_FIELDS, "session", strict=False)
     f = fold(data, "session")
     lock_delay = f.get("lockdelay")
-    delay = 15.0 if lock_delay is None else as_duration(lock_delay, "LockDelay")
+    delay_ns = 15_000_000_000 if lock_delay is None else int(round(as_duration(lock_delay, "LockDelay") * 1e9))
+    if delay_ns < 1000:
+        delay_ns *= 1_000_000_000  # Consul's lockDelayMinThreshold: anything under 1000 ns means seconds
     service_checks = []
     for i, item in enumerate(f.get("servicechecks") or []):
         check_unknown(item if isinstance(item, dict) else {}, _SERVICE_CHECK_FIELDS, "ServiceChecks", strict=False)
         service_checks.append(as_str(fold(item, f"ServiceChecks[{i}]").get("id"), f"ServiceChecks[{i}].ID"))
-    node_checks = as_strlist(f.get("nodechecks"), "NodeChecks") + as_strlist(f.get("checks"), "Checks")
-    if not any(k in f for k in ("checks", "nodechecks", "servicechecks")):
-        node_checks = ["serfHealth"]  # Consul's default: the session dies with its node
+    # Consul pre-fills both lists with serfHealth, decodes the body over them, then fixes up
+    # (fixupEmptySessionChecks): "Checks":[] means no checks at all; a lone serfHealth in Checks, or
+    # empty NodeChecks, drops Checks.
+    node_checks = as_strlist(f["nodechecks"], "NodeChecks") if "nodechecks" in f else ["serfHealth"]
+    checks = as_strlist(f["checks"], "Checks") if "checks" in f else ["serfHealth"]
+    if not checks:
+        node_checks = []
+    elif checks == ["serfHealth"] or not node_checks:
+        checks = []
+    effective = list(dict.fromkeys([*node_checks, *checks]))
     return SessionRecord(
         id="",
         name=as_str(f.get("name"), "Name"),
         node=as_str(f.get("node"), "Node") or default_node,
-        lock_delay=int(round(delay * 1e9)),
+        lock_delay=delay_ns,
         behavior=as_str(f.get("behavior"), "Behavior"),
         ttl=as_str(f.get("ttl"), "TTL"),
-        node_checks=node_checks,
+        node_checks=effective,
         service_checks=service_checks,
     )
 

@@ -225,7 +225,7 @@ def session_json(s: Session) -> dict[str, Any]:
         "LockDelay": s.lock_delay,
         "Behavior": s.behavior,
         "TTL": s.ttl,
-        "NodeChecks": list(s.node_checks) or None,
+        "NodeChecks": list(s.node_checks),
         "ServiceChecks": [{"ID": c, "Namespace": ""} for c in s.service_checks] or None,
         "CreateIndex": s.create_index,
         "ModifyIndex": s.modify_index,

@@ -36,14 +36,20 @@ async def test_defaults_and_explicit_empty_checks(api):
     assert (info["LockDelay"], info["Behavior"], info["NodeChecks"]) == (15_000_000_000, "release", ["serfHealth"])
     sid = await create(api, Checks=[])  # Patroni's way of asking for a session bound to nothing
     [info] = (await api.get(f"/v1/session/info/{sid}")).json()
-    assert info["NodeChecks"] is None
+    assert info["NodeChecks"] == []
+    sid = await create(api, LockDelay=3)  # a bare small number means seconds (Consul's lockDelayMinThreshold)
+    assert (await api.get(f"/v1/session/info/{sid}")).json()[0]["LockDelay"] == 3_000_000_000
+    await api.put("/v1/agent/check/register", json={"Name": "extra", "TTL": "30s", "Status": "passing"})
+    await eventually_async(lambda: api.get("/v1/health/node/api"), want=lambda r: any(c["CheckID"] == "extra" for c in r.json()))
+    sid = await create(api, Checks=["extra"])  # Checks without NodeChecks: serfHealth stays, both enforced
+    assert (await api.get(f"/v1/session/info/{sid}")).json()[0]["NodeChecks"] == ["serfHealth", "extra"]
 
 
 @pytest.mark.parametrize(
     "body,fragment",
     [
-        ({"TTL": "500ms"}, "Invalid Session TTL '500ms', must be between [1s=24h0m0s]"),
-        ({"TTL": "25h"}, "Invalid Session TTL '25h'"),
+        ({"TTL": "500ms"}, "Invalid Session TTL '500000000', must be between [1s=24h0m0s]"),
+        ({"TTL": "25h"}, "Invalid Session TTL '90000000000000'"),
         ({"TTL": "soon"}, "invalid"),
         ({"Behavior": "explode"}, "Invalid Behavior setting 'explode'"),
         ({"Node": "no-such-node"}, "Missing node registration"),

@@ -24,7 +24,8 @@ def _validate_ttl(ttl: str, ttl_min: float) -> float:
     except ValueError:
         raise BadRequest(f"Session TTL '{ttl}' invalid: not a duration like \"30s\"") from None
     if not ttl_min <= seconds <= TTL_MAX:
-        raise BadRequest(f"Invalid Session TTL '{ttl}', must be between [{format_duration(ttl_min)}=24h0m0s]")
+        # Consul formats the TTL with %d: its nanoseconds (Patroni and friends match on this text).
+        raise BadRequest(f"Invalid Session TTL '{round(seconds * 1e9)}', must be between [{format_duration(ttl_min)}=24h0m0s]")
     return seconds
 
 
@@ -37,7 +38,7 @@ async def session_apply(srv: Any, args: SessionApply, hops: int) -> Any:
     rec = args.session
     if args.op == "destroy":
         if not rec.id:
-            raise BadRequest("Missing session")
+            raise BadRequest("Must provide ID")
         await propose(srv, SessionRequest(op="destroy", session=rec))
         srv.session_timers.clear(rec.id)
         return True
