@@ -18,7 +18,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/proconsul agent -dev
 
+# The DNS tests drive dig (Debian's dnsutils); CI runs as root with Debian packages reachable.
 test: $(STAMP)
+	@command -v dig >/dev/null 2>&1 || (apt-get install -y -q dnsutils >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dnsutils >/dev/null))
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -106,6 +106,7 @@ class Agent:
         self.ae = AntiEntropy(self)
         self.local.on_sync_needed = self.ae.trigger
         self.connected = False
+        self.dns: Any = None
         self._http: _Uvicorn | None = None
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
@@ -372,6 +373,8 @@ class Agent:
                 raise StartupError(f"cannot listen for server RPC on {cfg.bind_addr}:{cfg.ports.server}: {err.strerror or err}") from None
         await self._load_definitions()
         self.checks.start()
+        if cfg.ports.dns > 0:
+            await self._start_dns()
         self._tasks += [
             asyncio.create_task(self.ae.run(), name="anti-entropy"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -397,7 +400,24 @@ class Agent:
             f"{cfg.bind_addr}:{cfg.ports.server}" if cfg.server else "off",
         )
 
+    async def _start_dns(self) -> None:
+        from proconsul.dns.cache import CatalogCache
+        from proconsul.dns.resolver import Resolver
+        from proconsul.dns.server import DNSServer
+
+        cfg = self.config
+        cache = CatalogCache(self.rpc, cfg.dns.cache_max_age, self.metrics, cfg.dns.allow_stale, cfg.dns.max_stale)
+        resolver = Resolver(cfg, cache, cfg.advertise)
+        self.dns = DNSServer(cfg, resolver, self.metrics)
+        try:
+            await self.dns.start(cfg.client_addr, cfg.ports.dns)
+        except OSError as err:
+            raise StartupError(f"cannot listen for DNS on {cfg.client_addr}:{cfg.ports.dns}: {err.strerror or err}") from None
+
     async def stop(self) -> None:
+        if self.dns is not None:
+            await self.dns.stop()
+            self.dns.resolver.cache.close()
         if self._http is not None:
             self._http.should_exit = True
         for task in self._tasks:

@@ -40,6 +40,26 @@ class Ports:
 
 
 @dataclass(frozen=True)
+class DNSConfig:
+    """Consul's dns_config block (durations in seconds)."""
+
+    allow_stale: bool = True
+    max_stale: float = 87600 * 3600.0
+    node_ttl: float = 0.0
+    service_ttl: dict[str, float] = field(default_factory=dict)
+    udp_answer_limit: int = 3
+    a_record_limit: int = 0
+    only_passing: bool = False
+    enable_truncate: bool = True
+    recursor_timeout: float = 2.0
+    cache_max_age: float = 600.0
+    soa_refresh: int = 3600
+    soa_retry: int = 600
+    soa_expire: int = 86400
+    soa_min_ttl: int = 0
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Everything an agent runs with; a reload builds a new one."""
 
@@ -76,6 +96,10 @@ class RuntimeConfig:
     check_reap_interval: float = 30.0
     session_ttl_min: float = 10.0
     check_deregister_interval_min: float = 60.0
+    domain: str = "consul."
+    alt_domain: str = ""
+    recursors: tuple[str, ...] = ()
+    dns: DNSConfig = field(default_factory=DNSConfig)
     # Service and check definitions from config files, already validated.
     services: tuple[Any, ...] = ()
     checks: tuple[Any, ...] = ()
@@ -140,6 +164,10 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "session_ttl_min": ("session_ttl_min", "duration"),
     "check_deregister_interval_min": ("check_deregister_interval_min", "duration"),
     "liveness": ("liveness", "liveness"),
+    "domain": ("domain", "str"),
+    "alt_domain": ("alt_domain", "str"),
+    "recursors": ("recursors", "list"),
+    "dns_config": ("dns", "dns"),
     "service": ("services", "service"),
     "services": ("services", "services"),
     "check": ("checks", "check"),
@@ -215,6 +243,10 @@ def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any)
                 fields.setdefault(name, []).append(parse(item, strict=True))
             except ProconsulError as err:
                 raise ConfigError(f"{source}: {where}: {err}") from None
+    elif kind == "dns":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: dns_config: expected an object")
+        fields["dns"] = _dns_config(source, value, fields.get("dns"))
     elif kind == "liveness":
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: liveness: expected an object")
@@ -231,6 +263,40 @@ def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any)
             fields["ui"] = _typed(source, "ui_config.enabled", v, "bool")
     else:
         fields[name] = _typed(source, key, value, kind)
+
+
+_DNS_KEYS = {
+    "allow_stale": "bool", "max_stale": "duration", "node_ttl": "duration", "udp_answer_limit": "int",
+    "a_record_limit": "int", "only_passing": "bool", "enable_truncate": "bool", "recursor_timeout": "duration",
+    "cache_max_age": "duration", "use_cache": "bool", "enable_additional_node_meta_txt": "bool",
+    "disable_compression": "bool", "recursor_strategy": "str",
+}
+
+
+def _dns_config(source: str, value: dict[str, Any], current: DNSConfig | None) -> DNSConfig:
+    """Consul's dns_config keys onto a DNSConfig (later files override earlier ones key by key)."""
+    cfg = current or DNSConfig()
+    changes: dict[str, Any] = {}
+    for key, v in value.items():
+        where = f"dns_config.{key}"
+        if key == "service_ttl":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: {where}: expected an object of service name -> duration")
+            changes["service_ttl"] = {name: _typed(source, f"{where}.{name}", ttl, "duration") for name, ttl in v.items()}
+        elif key == "soa":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: {where}: expected an object")
+            for sub, num in v.items():
+                if sub not in ("refresh", "retry", "expire", "min_ttl"):
+                    raise ConfigError(f"{source}: invalid config key {where}.{sub}")
+                changes[f"soa_{sub}"] = _typed(source, f"{where}.{sub}", num, "int")
+        elif key in _DNS_KEYS:
+            typed = _typed(source, where, v, _DNS_KEYS[key])
+            if key in DNSConfig.__dataclass_fields__:
+                changes[key] = typed
+        else:
+            raise ConfigError(f"{source}: invalid config key {where}")
+    return replace(cfg, **changes)
 
 
 def config_files_in(paths: list[str], dirs: list[str]) -> list[str]:
@@ -323,6 +389,17 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError("liveness: timeout must be longer than interval, and both positive")
     if cfg.ae_interval <= 0:
         raise ConfigError("ae_interval must be positive")
+    domain = cfg.domain.strip(".").lower() + "."
+    alt = (cfg.alt_domain.strip(".").lower() + ".") if cfg.alt_domain else ""
+    if domain == ".":
+        raise ConfigError("domain cannot be empty")
+    if alt and alt == domain:
+        raise ConfigError("alt_domain cannot be the same as domain")
+    cfg = replace(cfg, domain=domain, alt_domain=alt)
+    for r in cfg.recursors:
+        host, _, port = r.rpartition(":") if r.count(":") == 1 else (r, "", "")
+        if port and not port.isdigit():
+            raise ConfigError(f"recursors: {r!r} is not an address (host or host:port)")
     script_ok = cfg.enable_script_checks or cfg.enable_local_script_checks
     for defn in [*cfg.checks, *(c for s in cfg.services for c in s.checks)]:
         if defn.kind == "script" and not script_ok:

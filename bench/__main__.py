@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["raft"]
+BENCHMARKS = ["raft", "dns"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
