@@ -852,6 +852,93 @@ def _session_parsers(subs: Any) -> None:
     lock.set_defaults(run=cmd_lock)
 
 
+# ----------------------------------------------------------------- events and watches
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    """Consul's `event`: fire a user event, print its ID."""
+    from urllib.parse import quote
+
+    from proconsul.server.endpoints.event import regexp_error
+
+    if not args.name:
+        raise CLIError("Event name must be specified")
+    for pattern, what in ((args.node, "node"), (args.service, "service"), (args.tag, "tag")):
+        if pattern and (err := regexp_error(pattern)):
+            raise CLIError(f"Failed to compile {what} filter regexp: {err}")
+    if args.tag and not args.service:
+        raise CLIError("Cannot provide tag filter without service filter.")
+    if len(args.payload) > 1:
+        raise CLIError("Too many command line arguments.")
+    c = _client(args)
+    try:
+        c.request("GET", "/v1/agent/self")
+    except APIError as err:
+        raise CLIError(f"Error querying Consul agent: {err}") from None
+    params = {"node": args.node or None, "service": args.service or None, "tag": args.tag or None}
+    try:
+        fired = c.request("PUT", "/v1/event/fire/" + quote(args.name, safe="/"), params, content=args.payload[0].encode() if args.payload else None)
+    except APIError as err:
+        raise CLIError(f"Error firing event: {err}") from None
+    _out(f"Event ID: {fired.json()['ID']}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Consul's `watch`: hand every change of a view to a child command until interrupted, or print it once."""
+    from proconsul.agent import watch
+
+    params: dict[str, Any] = {"type": args.type}
+    for name in ("datacenter", "token", "key", "prefix", "service", "tag", "state", "name"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    if args.stale:
+        params["stale"] = True
+    if args.passingonly:
+        truth = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+                 "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+        if args.passingonly not in truth:
+            raise CLIError(f'Failed to parse passingonly flag: strconv.ParseBool: parsing "{args.passingonly}": invalid syntax')
+        params["passingonly"] = truth[args.passingonly]
+    try:
+        plan = watch.parse(params)
+    except watch.WatchError as err:
+        raise CLIError(str(err)) from None
+    c = _client(args)
+    try:
+        c.request("GET", "/v1/agent/self")
+    except APIError as err:
+        raise CLIError(f"Error querying Consul agent: {err}") from None
+    return watch.execute(plan, c, args.handler, args.shell)
+
+
+def _event_parsers(subs: Any) -> None:
+    ev = _sub(subs, "event", "Fire a user event (to every agent, or those the filters pick)")
+    ev.add_argument("payload", nargs="*")
+    _http_flags(ev)
+    _flag(ev, "name", help="event name (required)")
+    _flag(ev, "node", help="regular expression on node names")
+    _flag(ev, "service", help="regular expression on service names")
+    _flag(ev, "tag", help="regular expression on service tags (needs -service)")
+    ev.set_defaults(run=cmd_event)
+
+    w = _sub(subs, "watch", "Watch a view (key, keyprefix, services, nodes, service, checks, event) and run HANDLER on each change (no HANDLER: print it once)")
+    w.add_argument("handler", nargs=argparse.REMAINDER)
+    _http_flags(w)
+    _flag(w, "type", default="", help="key, keyprefix, services, nodes, service, checks or event")
+    _flag(w, "key", help="the key (type key)")
+    _flag(w, "prefix", help="the key prefix (type keyprefix)")
+    _flag(w, "service", help="the service (type service; optional for checks)")
+    _flag(w, "tag", action="append", help="a tag the service must have (types service, checks); repeatable")
+    _flag(w, "passingonly", nargs="?", const="true", help="only instances passing all checks (type service)")
+    _flag(w, "state", help="check state (type checks; default any)")
+    _flag(w, "name", help="event name (type event)")
+    _flag(w, "stale", action="store_true", help="any server may answer")
+    _flag(w, "shell", nargs="?", const=True, type=lambda v: v.lower() not in ("false", "0", "f"), default=True,
+          help="run HANDLER through $SHELL -c (default true)")
+    w.set_defaults(run=cmd_watch)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -869,6 +956,7 @@ def parser() -> argparse.ArgumentParser:
     _operator_parser(subs)
     _cluster_parsers(subs)
     _session_parsers(subs)
+    _event_parsers(subs)
     return p
 
 

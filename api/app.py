@@ -14,6 +14,8 @@ from starlette.responses import Response
 from proconsul.agent.version import __version__
 from proconsul.api import agent as agent_api
 from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
+from proconsul.api import event as event_api
+from proconsul.api import query as query_api
 from proconsul.api.common import reply_response
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
@@ -30,6 +32,8 @@ ROUTERS = (
     catalog.router,
     health.router,
     session.router,
+    event_api.router,
+    query_api.router,
     internal.router,
 )
 

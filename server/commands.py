@@ -176,6 +176,40 @@ class SessionRequest:
     session: SessionRecord
 
 
+@dataclass
+class EventFireRequest:
+    """A user event as the leader made it (Consul's agent.UserEvent: ID chosen, Version set); apply assigns LTime."""
+
+    id: str
+    name: str
+    payload: bytes | None = None
+    node_filter: str = ""
+    service_filter: str = ""
+    tag_filter: str = ""
+    version: int = 1
+
+
+@dataclass
+class PreparedQueryRecord:
+    """Consul's structs.PreparedQuery as a command carries it (ID made by the leader); sub-structs in Consul's JSON shape."""
+
+    id: str = ""
+    name: str = ""
+    session: str = ""
+    token: str = ""
+    template: dict[str, Any] = field(default_factory=dict)
+    service: dict[str, Any] = field(default_factory=dict)
+    dns: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedQueryRequest:
+    """Consul's structs.PreparedQueryRequest: create, update or delete a prepared query."""
+
+    op: str
+    query: PreparedQueryRecord
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -188,6 +222,8 @@ COMMAND_TYPES: dict[int, type] = {
     8: MemberUpdateRequest,
     9: MemberReapRequest,
     10: SessionRequest,
+    11: EventFireRequest,
+    12: PreparedQueryRequest,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 

@@ -9,7 +9,7 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0
 
 
 def parse_duration(text: str) -> float:
-    """Go's time.ParseDuration ("10s", "1m30s", "250ms", "0"), in seconds; raises ValueError."""
+    """Go's time.ParseDuration ("10s", "1m30s", "250ms", "0"), in seconds; raises ValueError with Go's text."""
     s = text.strip()
     sign = 1.0
     if s[:1] in "+-" and s:
@@ -18,12 +18,14 @@ def parse_duration(text: str) -> float:
     if s == "0":
         return 0.0
     if not s:
-        raise ValueError(f"invalid duration {text!r}")
+        raise ValueError(f'time: invalid duration "{text}"')
     total, pos = 0.0, 0
     while pos < len(s):
         m = _DURATION_PART.match(s, pos)
         if m is None:
-            raise ValueError(f"invalid duration {text!r}")
+            if re.fullmatch(r"[0-9.]+", s[pos:]):
+                raise ValueError(f'time: missing unit in duration "{text}"')
+            raise ValueError(f'time: invalid duration "{text}"')
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     return sign * total

@@ -22,9 +22,11 @@ from typing import Any, Callable
 from proconsul.server.commands import (
     BarrierRequest,
     DeregisterRequest,
+    EventFireRequest,
     KVSRequest,
     MemberReapRequest,
     MemberUpdateRequest,
+    PreparedQueryRequest,
     RegisterRequest,
     RestoreRequest,
     SessionRequest,
@@ -35,7 +37,7 @@ from proconsul.server.commands import (
 from proconsul.server.errors import ProconsulError, StoreError
 from proconsul.server.snapshot import tables_from_wire
 from proconsul.server.shapes import health_check, service_instance
-from proconsul.server.state import DirEntry, Member, Node, Session, StateStore, TxnErrors
+from proconsul.server.state import DirEntry, Member, Node, PreparedQuery, Session, StateStore, TxnErrors, UserEvent
 
 log = logging.getLogger("proconsul.fsm")
 
@@ -64,6 +66,8 @@ class FSM:
             MemberUpdateRequest: self.apply_member_update,
             MemberReapRequest: self.apply_member_reap,
             SessionRequest: self.apply_session,
+            EventFireRequest: self.apply_event_fire,
+            PreparedQueryRequest: self.apply_prepared_query,
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
@@ -163,3 +167,17 @@ class FSM:
             self.state.session_destroy(index, req.session.id)
         else:
             raise StoreError(f"Invalid session operation '{req.op}'")
+
+    def apply_event_fire(self, req: EventFireRequest, index: int) -> UserEvent:
+        event = UserEvent(0, req.id, req.name, req.payload, req.node_filter, req.service_filter, req.tag_filter, req.version)
+        return self.state.event_fire(index, event)
+
+    def apply_prepared_query(self, req: PreparedQueryRequest, index: int) -> None:
+        r = req.query
+        if req.op in ("create", "update"):
+            query = PreparedQuery(r.id, r.name, r.session, r.token, dict(r.template), dict(r.service), dict(r.dns))
+            self.state.query_set(index, query)
+        elif req.op == "delete":
+            self.state.query_delete(index, r.id)
+        else:
+            raise StoreError(f"Unknown prepared query operation: {req.op}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proconsul.server.commands import CheckRecord, NodeService
-from proconsul.server.state import HealthCheck, Member, Node, ServiceInstance, Session
+from proconsul.server.state import HealthCheck, Member, Node, PreparedQuery, ServiceInstance, Session
 
 # Consul's NodeService.Proxy for a service that is not a proxy (a struct, so never null).
 _EMPTY_PROXY = {"Mode": "", "MeshGateway": {}, "Expose": {}}
@@ -229,4 +229,40 @@ def session_json(s: Session) -> dict[str, Any]:
         "ServiceChecks": [{"ID": c, "Namespace": ""} for c in s.service_checks] or None,
         "CreateIndex": s.create_index,
         "ModifyIndex": s.modify_index,
+    }
+
+
+def prepared_query_json(q: PreparedQuery) -> dict[str, Any]:
+    """Consul's structs.PreparedQuery (Go field order; nil slices and maps are null)."""
+    svc, failover = q.service, q.service.get("Failover") or {}
+    return {
+        "ID": q.id,
+        "Name": q.name,
+        "Session": q.session,
+        "Token": q.token,
+        "Template": {
+            "Type": q.template.get("Type", ""),
+            "Regexp": q.template.get("Regexp", ""),
+            "RemoveEmptyTags": bool(q.template.get("RemoveEmptyTags")),
+        },
+        "Service": {
+            "Service": svc.get("Service", ""),
+            "SamenessGroup": svc.get("SamenessGroup", ""),
+            "Failover": {
+                "NearestN": failover.get("NearestN", 0),
+                "Datacenters": failover.get("Datacenters"),
+                "Targets": failover.get("Targets"),
+            },
+            "OnlyPassing": bool(svc.get("OnlyPassing")),
+            "IgnoreCheckIDs": svc.get("IgnoreCheckIDs"),
+            "Near": svc.get("Near", ""),
+            "Tags": svc.get("Tags"),
+            "NodeMeta": svc.get("NodeMeta"),
+            "ServiceMeta": svc.get("ServiceMeta"),
+            "Connect": bool(svc.get("Connect")),
+            "Peer": svc.get("Peer", ""),
+        },
+        "DNS": {"TTL": q.dns.get("TTL", "")},
+        "CreateIndex": q.create_index,
+        "ModifyIndex": q.modify_index,
     }

@@ -36,4 +36,6 @@ def endpoint(name: str, arg_type: type, result_type: Any = None) -> Callable:
 
 def load_all() -> None:
     """Import every endpoint module so their registrations run."""
-    from proconsul.server.endpoints import catalog, health, internal, kv, operator, session, snapshot, status, txn  # noqa: F401
+    from proconsul.server.endpoints import (  # noqa: F401
+        catalog, event, health, internal, kv, operator, query, session, snapshot, status, txn,
+    )

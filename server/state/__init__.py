@@ -2,7 +2,8 @@
 
 One import boundary, parts behind it: ``base`` (transactions, indexes, watches,
 dump/load), ``kv`` (KV and tombstones), ``catalog`` (nodes, services, checks),
-``members`` (agents' liveness), ``sessions`` (sessions and lock invalidation).
+``members`` (agents' liveness), ``sessions`` (sessions and lock invalidation),
+``queries`` (prepared queries and their templates).
 No Raft, clock or I/O anywhere in here; see ``base`` for the invariants.
 """
 
@@ -11,14 +12,16 @@ from __future__ import annotations
 from proconsul.server.state.base import BASE_SCHEMA, StoreBase, TableSchema, TxnAbort, TxnErrors, WriteTxn
 from proconsul.server.state.catalog import DEFAULT_WEIGHTS, HEALTH_STATES, CatalogStore, HealthCheck, Node, ServiceInstance
 from proconsul.server.state.kv import KV_REAPED, DirEntry, KVStore
+from proconsul.server.state.events import EVENT_BUFFER, EventsStore, UserEvent
 from proconsul.server.state.members import SERF_CHECK_ID, Member, MembersStore
+from proconsul.server.state.queries import PreparedQuery, QueriesStore
 from proconsul.server.state.sessions import BEHAVIORS, MAX_LOCK_DELAY, Session, SessionsStore
 
 
-class StateStore(KVStore, CatalogStore, MembersStore, SessionsStore, StoreBase):
+class StateStore(KVStore, CatalogStore, MembersStore, SessionsStore, QueriesStore, EventsStore, StoreBase):
     """Every replicated table with Consul's read and write semantics."""
 
-    PARTS = ("kv", "catalog", "members", "sessions")
+    PARTS = ("kv", "catalog", "members", "sessions", "queries", "events")
 
 
 SCHEMA: dict[str, TableSchema] = StateStore.schema()
@@ -31,9 +34,12 @@ __all__ = [
     "SCHEMA",
     "SERF_CHECK_ID",
     "DirEntry",
+    "EVENT_BUFFER",
+    "EventsStore",
     "HealthCheck",
     "Member",
     "Node",
+    "PreparedQuery",
     "ServiceInstance",
     "Session",
     "BEHAVIORS",
@@ -42,5 +48,6 @@ __all__ = [
     "TableSchema",
     "TxnAbort",
     "TxnErrors",
+    "UserEvent",
     "WriteTxn",
 ]

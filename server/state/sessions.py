@@ -148,6 +148,7 @@ class SessionsStore:
         delay = min(session.lock_delay / 1e9, MAX_LOCK_DELAY)
         if held and delay > 0:
             tx.lock_delays.append((held, delay))
+        self.query_delete_session_txn(tx, session_id)  # type: ignore[attr-defined]  # the queries part
 
     def _invalidate_sessions_txn(self, tx: WriteTxn, lnode: str, check_id: str | None) -> None:
         """Invalidate the node's sessions (all of them, or those bound to one check)."""
