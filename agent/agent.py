@@ -407,12 +407,26 @@ class Agent:
 
         cfg = self.config
         cache = CatalogCache(self.rpc, cfg.dns.cache_max_age, self.metrics, cfg.dns.allow_stale, cfg.dns.max_stale)
-        resolver = Resolver(cfg, cache, cfg.advertise)
+        resolver = Resolver(cfg, cache, cfg.advertise, query=self._dns_prepared_query)
         self.dns = DNSServer(cfg, resolver, self.metrics)
         try:
             await self.dns.start(cfg.client_addr, cfg.ports.dns)
         except OSError as err:
             raise StartupError(f"cannot listen for DNS on {cfg.client_addr}:{cfg.ports.dns}: {err.strerror or err}") from None
+
+    async def _dns_prepared_query(self, name: str) -> dict[str, Any] | None:
+        """Execute ``<name>.query.consul`` as Consul's DNS does: from this agent, stale reads allowed; None if unknown."""
+        from proconsul.server.endpoints.query import QueryExecute
+        from proconsul.server.structs import QueryOptions
+
+        cfg = self.config
+        args = QueryExecute(name, agent_node=cfg.node_name, near="_agent",
+                            opts=QueryOptions(stale=cfg.dns.allow_stale))
+        try:
+            reply = await self.rpc("PreparedQuery.Execute", args)
+        except NotFound:
+            return None
+        return reply.value
 
     async def stop(self) -> None:
         if self.dns is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from proconsul.dns import wire
@@ -43,6 +43,7 @@ class Answer:
     additional: list[bytes] = field(default_factory=list)
     shuffle: bool = False
     address_records: bool = False  # a_record_limit applies
+    cacheable: bool = True  # False: built afresh for every question (prepared queries)
 
 
 class Resolver:
@@ -90,6 +91,8 @@ class Resolver:
             return answer
         deps: list[Entry] = []
         answer = await self._build(q, q.labels[: len(q.labels) - len(domain)], ".".join(domain) + ".", deps)
+        if not answer.cacheable:
+            return answer
         if len(self._answers) > 10000:
             self._answers.clear()
         self._answers[key] = (tuple((e, e.version) for e in deps), answer)
@@ -153,9 +156,10 @@ class Resolver:
         deps.append(entry)
         return self._instances(q, domain, entry.value or [], tag, self._ttl(service))
 
-    def _instances(self, q: Query, domain: str, entries: list[dict], tag: str, ttl: int) -> Answer:
+    def _instances(self, q: Query, domain: str, entries: list[dict], tag: str, ttl: int, only_passing: bool | None = None) -> Answer:
         """Records for the healthy instances among health entries (/v1/health/service's shape)."""
-        only_passing = self.config.dns.only_passing
+        if only_passing is None:
+            only_passing = self.config.dns.only_passing
         records: list[tuple[bytes, tuple[bytes, ...]]] = []
         healthy = 0
         for e in entries:
@@ -230,18 +234,19 @@ class Resolver:
         return Answer(wire.NOERROR, records=[(wire.rr_address(QNAME_PTR, str(ip), 0), ())])
 
     async def _prepared_query(self, q: Query, domain: str, name: str) -> Answer:
-        """A prepared query's instances (never cached here: queries may shuffle, limit or fail over)."""
+        """A prepared query's instances (never cached here: queries may shuffle, limit or fail over).
+
+        The query already chose the instances (its OnlyPassing, not dns_config's, decides on warnings); its
+        DNS TTL wins over the service's service_ttl, as in Consul's preparedQueryLookup.
+        """
         result = await self._query(name)
         if result is None:
-            return self._nxdomain(domain)
-        ttl = 0
+            return replace(self._nxdomain(domain), cacheable=False)
         dns_ttl = (result.get("DNS") or {}).get("TTL") or ""
-        if dns_ttl:
-            try:
-                ttl = int(parse_duration(dns_ttl))
-            except ValueError:
-                ttl = 0
-        return self._instances(q, domain, result.get("Nodes") or [], "", ttl)
+        ttl = int(parse_duration(dns_ttl)) if dns_ttl else self._ttl(result.get("Service") or "")
+        answer = self._instances(q, domain, result.get("Nodes") or [], "", ttl, only_passing=False)
+        # The query ordered them (shuffled, this agent's node first): keep that order.
+        return replace(answer, shuffle=False, cacheable=False)
 
 
 def _is_ip(text: str) -> bool:

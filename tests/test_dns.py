@@ -123,6 +123,21 @@ def test_truncated_over_udp_then_complete_over_tcp(agent: AgentProc):
     assert len(full.answer[0]) == 40 and not full.flags & dns.flags.TC
 
 
+def test_prepared_queries_by_name_and_id(agent: AgentProc):
+    p = port(agent)
+    body = {"Name": "evens", "Service": {"Service": "web", "Tags": ["even"]}, "DNS": {"TTL": "7s"}}
+    created = agent.http.post("/v1/query", json=body)
+    assert created.status_code == 200, created.text
+    qid = created.json()["ID"]
+    assert sorted(dig(p, "+short", "evens.query.consul").split()) == ["10.1.0.2", "10.1.0.4"]
+    answer = dig(p, "evens.query.consul", "SRV", "+noall", "+answer").splitlines()
+    assert len(answer) == 2 and all(line.split()[1] == "7" for line in answer)  # the query's DNS TTL
+    assert sorted(dig(p, "+short", f"{qid}.query.dc1.consul").split()) == ["10.1.0.2", "10.1.0.4"]
+    assert udp(p, "no-such-query.query.consul").rcode() == dns.rcode.NXDOMAIN
+    assert agent.http.delete(f"/v1/query/{qid}").status_code == 200
+    assert udp(p, "evens.query.consul").rcode() == dns.rcode.NXDOMAIN
+
+
 def test_nxdomain_carries_the_soa(agent: AgentProc):
     msg = udp(port(agent), "nothing-here.service.consul")
     assert msg.rcode() == dns.rcode.NXDOMAIN
