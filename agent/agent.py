@@ -25,7 +25,7 @@ from proconsul.agent.local import LocalState
 from proconsul.agent.metrics import Metrics
 from proconsul.agent.persist import AgentStore
 from proconsul.agent.router import ServerRouter
-from proconsul.agent.structs import CheckDef, ServiceDef
+from proconsul.agent.structs import SIDECAR_SUFFIX, CheckDef, ServiceDef, sidecar_default_checks
 from proconsul.agent.version import __version__
 from proconsul.api.app import build_app
 from proconsul.server.codec import to_wire
@@ -181,9 +181,41 @@ class Agent:
         raise BadRequest(SCRIPTS_DISABLED_REMOTE if source == "api" else SCRIPTS_DISABLED)
 
     async def register_service(self, defn: ServiceDef, source: str = "api", replace_existing_checks: bool = False) -> None:
-        """Add or replace a service and its checks (Consul's AddService); validated before anything changes."""
-        for check in defn.checks:
+        """Add or replace a service and its checks (Consul's AddService); validated before anything changes.
+
+        A ``Connect.SidecarService`` block registers the proxy too, after its parent, with a port
+        from the sidecar range and Consul's default checks when it names none.
+        """
+        sidecar = defn.sidecar
+        for check in defn.checks + (sidecar.checks if sidecar is not None else []):
             self._allow_script(check, source)
+        if sidecar is not None:
+            defn.sidecar = None  # the parent is kept without it, as Consul keeps it
+            if sidecar.service.port < 1 and not sidecar.service.socket_path:
+                sidecar.service.port = self._sidecar_port(sidecar.service.id)
+            if not sidecar.checks:
+                sidecar.checks = sidecar_default_checks(sidecar.service)
+        await self._register_one(defn, source, replace_existing_checks)
+        if sidecar is not None:
+            await self._register_one(sidecar, source, replace_existing_checks)
+
+    def _sidecar_port(self, sidecar_id: str) -> int:
+        """Consul's sidecarPortFromServiceIDLocked: the port this sidecar already has, else the lowest free one."""
+        lo, hi = self.config.ports.sidecar_min_port, self.config.ports.sidecar_max_port
+        if lo < 1 or hi < 1:
+            raise BadRequest("Invalid SidecarService: no port provided for sidecar_service and auto-assignment disabled in config")
+        used = set()
+        for sid, other in self.local.live_services().items():
+            if lo <= other.service.port <= hi:
+                if sid == sidecar_id:
+                    return other.service.port
+                used.add(other.service.port)
+        for port in range(lo, hi + 1):
+            if port not in used:
+                return port
+        raise BadRequest(f"Invalid SidecarService: no port provided for sidecar_service and none left in the configured range [{lo}, {hi}]")
+
+    async def _register_one(self, defn: ServiceDef, source: str, replace_existing_checks: bool) -> None:
         sid = defn.service.id
         _ip_tagged_addresses(defn.service)
         wanted = {c.id for c in defn.checks}
@@ -203,6 +235,9 @@ class Agent:
         for c in self.local.service_checks(service_id):
             await self.checks.remove(c.defn.id)
         self.local.remove_service(service_id)
+        sidecar = self.local.service(service_id + SIDECAR_SUFFIX)
+        if sidecar is not None and sidecar.is_sidecar:  # registered through this service's SidecarService
+            await self.deregister_service(sidecar.service.id)
 
     async def register_check(self, defn: CheckDef, source: str = "api") -> None:
         """Add or replace a check (Consul's AddCheck): its service, if any, must be registered here."""
@@ -315,7 +350,10 @@ class Agent:
             if c.source == "config" and not c.deleted:
                 await self.deregister_check(cid)
         self.config = new
-        await self._load_config_definitions(new)
+        try:
+            await self._load_config_definitions(new)
+        except ProconsulError as err:
+            raise BadRequest(f"Failed to reload configs: {err}") from None
         log.info("configuration reloaded from %s", ", ".join(new.config_files) or "flags")
 
     async def join(self, addr: str) -> None:
@@ -371,7 +409,10 @@ class Agent:
                 await self.server.start()
             except OSError as err:
                 raise StartupError(f"cannot listen for server RPC on {cfg.bind_addr}:{cfg.ports.server}: {err.strerror or err}") from None
-        await self._load_definitions()
+        try:
+            await self._load_definitions()
+        except ProconsulError as err:
+            raise StartupError(f"cannot register the config files' services and checks: {err}") from None
         self.checks.start()
         if cfg.ports.dns > 0:
             await self._start_dns()

@@ -37,6 +37,8 @@ class Ports:
     dns: int = 8600
     server: int = 8300
     raft: int = 8305
+    sidecar_min_port: int = 21000  # sidecar proxies without a port get the lowest free one in this range
+    sidecar_max_port: int = 21255
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "check": ("checks", "check"),
     "checks": ("checks", "checks"),
 }
-_PORT_KEYS = {"http", "https", "dns", "server", "raft"}
+_PORT_KEYS = {"http", "https", "dns", "server", "raft", "sidecar_min_port", "sidecar_max_port"}
 _LIMIT_KEYS = {"kv_max_value_size": "kv_max_value_size", "txn_max_req_len": "txn_max_req_len"}
 _LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERR": "ERROR", "ERROR": "ERROR"}
 
@@ -389,6 +391,8 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
         raise ConfigError("liveness: timeout must be longer than interval, and both positive")
     if cfg.ae_interval <= 0:
         raise ConfigError("ae_interval must be positive")
+    if cfg.ports.sidecar_min_port > cfg.ports.sidecar_max_port:
+        raise ConfigError(f"ports.sidecar_min_port ({cfg.ports.sidecar_min_port}) cannot be higher than ports.sidecar_max_port ({cfg.ports.sidecar_max_port})")
     domain = cfg.domain.strip(".").lower() + "."
     alt = (cfg.alt_domain.strip(".").lower() + ".") if cfg.alt_domain else ""
     if domain == ".":

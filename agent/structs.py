@@ -25,6 +25,7 @@ CHECK_KINDS = ("script", "http", "tcp", "udp", "grpc", "ttl", "alias")
 SERVICE_KINDS = ("", "connect-proxy", "mesh-gateway", "terminating-gateway", "ingress-gateway", "api-gateway")
 DEFAULT_SCRIPT_TIMEOUT = 30.0
 DEFAULT_TIMEOUT = 10.0
+SIDECAR_SUFFIX = "-sidecar-proxy"  # Consul's structs.SidecarProxySuffix
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
@@ -256,15 +257,29 @@ def _validate_check(c: CheckDef) -> None:
 
 @dataclass
 class ServiceDef:
-    """A service as the agent keeps it: the catalog registration and its checks."""
+    """A service as the agent keeps it: the catalog registration and its checks.
+
+    ``sidecar`` is the proxy a ``Connect.SidecarService`` block asks for, already filled
+    with Consul's defaults except its port and default checks, which need the agent's
+    state (``Agent.register_service`` adds them). The sidecar is registered as a service
+    of its own with ``is_sidecar`` set, so deregistering the parent takes it along.
+    """
 
     service: NodeService
     checks: list[CheckDef] = field(default_factory=list)
     token: str = ""
+    sidecar: "ServiceDef | None" = None
+    is_sidecar: bool = False  # Consul's LocallyRegisteredAsSidecar
 
     def to_json(self) -> dict[str, Any]:
         """For persistence: read back by ``ServiceDef.from_json``."""
-        return {"service": asdict(self.service), "checks": [c.to_json() for c in self.checks], "token": self.token}
+        return {
+            "service": asdict(self.service),
+            "checks": [c.to_json() for c in self.checks],
+            "token": self.token,
+            "sidecar": self.sidecar.to_json() if self.sidecar is not None else None,
+            "is_sidecar": self.is_sidecar,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServiceDef":
@@ -272,6 +287,8 @@ class ServiceDef:
             service=NodeService(**data["service"]),
             checks=[CheckDef.from_json(c) for c in data.get("checks", [])],
             token=data.get("token", ""),
+            sidecar=cls.from_json(data["sidecar"]) if data.get("sidecar") else None,
+            is_sidecar=bool(data.get("is_sidecar")),
         )
 
 
@@ -328,10 +345,19 @@ def parse_proxy(data: Any) -> dict[str, Any]:
     return proxy
 
 
-def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
-    """A service definition (/v1/agent/service/register or a config file ``service`` block), validated."""
+def parse_service(data: Any, *, strict: bool = False, parent: NodeService | None = None) -> ServiceDef:
+    """A service definition (/v1/agent/service/register or a config file ``service`` block), validated.
+
+    With ``parent`` it is that service's ``Connect.SidecarService`` block, defaulted as
+    Consul's sidecarServiceFromNodeService does (port and checks are left to the agent).
+    """
     f = fold(data, "service")
     check_unknown(data, _SERVICE_FIELDS, "service", strict)
+    if parent is not None:
+        f = {**f, "id": parent.id + SIDECAR_SUFFIX}
+        f.setdefault("kind", "connect-proxy")
+        if not (f.get("name") or f.get("service")):
+            f["name"] = parent.service + SIDECAR_SUFFIX
     name = as_str(f.get("name") or f.get("service"), "service Name")
     if not name:
         raise BadRequest("Missing service name")
@@ -352,6 +378,10 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
             }
     meta = as_strmap(f.get("meta"), "service Meta")
     _validate_meta(meta)
+    tags = as_strlist(f.get("tags"), "service Tags")
+    if parent is not None:
+        meta = meta or dict(parent.meta)  # a sidecar without its own tags and meta gets its parent's
+        tags = tags or list(parent.tags)
     weights = {"Passing": 1, "Warning": 1}
     if f.get("weights") is not None:
         w = fold(f["weights"], "service Weights")
@@ -369,16 +399,25 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
         if c.get("sidecarservice") is not None:
             connect["SidecarService"] = c["sidecarservice"]
     proxy = parse_proxy(f.get("proxy"))
+    if parent is not None:
+        proxy.setdefault("DestinationServiceName", parent.service)
+        proxy.setdefault("DestinationServiceID", parent.id)
+        if not proxy.get("LocalServiceSocketPath") and not (proxy.get("LocalServiceAddress") and proxy.get("LocalServicePort")):
+            if parent.socket_path:
+                proxy["LocalServiceSocketPath"] = parent.socket_path
+            else:
+                proxy["LocalServiceAddress"] = proxy.get("LocalServiceAddress") or "127.0.0.1"
+                proxy["LocalServicePort"] = proxy.get("LocalServicePort") or parent.port
     if kind == "connect-proxy" and not proxy.get("DestinationServiceName"):
         raise BadRequest("Proxy.DestinationServiceName must be non-empty for Connect proxy services")
-    address = as_str(f.get("address"), "service Address")
+    address = as_str(f.get("address"), "service Address") or (parent.address if parent is not None else "")
     if address in ("0.0.0.0", "::", "[::]"):
         raise BadRequest("Invalid service address")
     svc = NodeService(
         id=sid,
         service=name,
         kind=kind,
-        tags=as_strlist(f.get("tags"), "service Tags"),
+        tags=tags,
         address=address,
         tagged_addresses=tagged,
         meta=meta,
@@ -389,7 +428,7 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
         proxy=proxy,
         connect=connect,
     )
-    if kind == "connect-proxy" and not svc.port and not svc.socket_path:
+    if kind == "connect-proxy" and not svc.port and not svc.socket_path and parent is None:
         raise BadRequest("Port or SocketPath must be set for a Connect proxy")
     raw_checks: list[Any] = []
     if f.get("check"):  # an entirely empty Check is ignored, as Consul's CheckType.Empty()
@@ -407,7 +446,41 @@ def parse_service(data: Any, *, strict: bool = False) -> ServiceDef:
         checks.append(check)
     if len({c.id for c in checks}) != len(checks):
         raise BadRequest("Invalid check: duplicate check IDs")
-    return ServiceDef(service=svc, checks=checks, token=as_str(f.get("token"), "service Token"))
+    token = as_str(f.get("token"), "service Token")
+    defn = ServiceDef(service=svc, checks=checks, token=token)
+    if "SidecarService" in connect:
+        defn.sidecar = _parse_sidecar(connect.pop("SidecarService"), svc, strict)
+        defn.sidecar.token = defn.sidecar.token or token
+    if parent is not None:
+        defn.is_sidecar = True
+    return defn
+
+
+def _parse_sidecar(data: Any, parent: NodeService, strict: bool) -> ServiceDef:
+    """Consul's nested-sidecar validation, then the sidecar with its defaults ("Invalid SidecarService: ...")."""
+    f = fold(data, "SidecarService")
+    if f.get("id"):
+        raise BadRequest("A SidecarService cannot specify an ID as this is managed by the agent")
+    nested = f.get("connect")
+    if isinstance(nested, dict) and fold(nested, "SidecarService.Connect").get("sidecarservice") is not None:
+        raise BadRequest("A SidecarService cannot have a nested SidecarService")
+    try:
+        return parse_service(data, strict=strict, parent=parent)
+    except BadRequest as err:
+        raise BadRequest(f"Invalid SidecarService: {err}") from None
+
+
+def sidecar_default_checks(sidecar: NodeService) -> list[CheckDef]:
+    """Consul's sidecarDefaultChecks: the proxy's public port answers, and it is as healthy as its service."""
+    parent_id = sidecar.id.removesuffix(SIDECAR_SUFFIX)
+    address = sidecar.address or sidecar.proxy.get("LocalServiceAddress") or "127.0.0.1"
+    host = f"[{address}]" if ":" in address else address
+    return [
+        CheckDef(id=f"service:{sidecar.id}:1", name="Connect Sidecar Listening", kind="tcp", service_id=sidecar.id,
+                 tcp=f"{host}:{sidecar.port}", interval=10.0),
+        CheckDef(id=f"service:{sidecar.id}:2", name=f"Connect Sidecar Aliasing {parent_id}", kind="alias",
+                 service_id=sidecar.id, alias_service=parent_id),
+    ]
 
 
 def _validate_meta(meta: dict[str, str]) -> None:
