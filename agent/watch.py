@@ -277,7 +277,8 @@ class ChildHandler:
     def __call__(self, index: int, data: Any) -> None:
         env = {**os.environ, "CONSUL_INDEX": str(index)}
         try:
-            self.child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=env)
+            # Its own process group, so a forwarded signal reaches the script even when the shell forks it.
+            self.child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, env=env, process_group=0)
         except OSError as err:
             self._fail(f"Error starting handler: {err}")
             return
@@ -300,7 +301,7 @@ class ChildHandler:
         if child is None or child.poll() is not None:
             return
         try:
-            child.send_signal(sig)
+            os.killpg(child.pid, sig)
             child.wait(timeout=2)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
