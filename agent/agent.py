@@ -21,6 +21,8 @@ import uvicorn
 from proconsul.agent.antientropy import AntiEntropy
 from proconsul.agent.checkmgr import CheckManager
 from proconsul.agent.config import RuntimeConfig
+from proconsul.agent.intentions import IntentionCache
+from proconsul.agent.leafcerts import LeafCerts
 from proconsul.agent.local import LocalState
 from proconsul.agent.metrics import Metrics
 from proconsul.agent.persist import AgentStore
@@ -104,6 +106,8 @@ class Agent:
         )
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self)
+        self.leafcerts = LeafCerts(self)  # Connect CA roots and service leaf certificates, made on first use
+        self.intentions = IntentionCache(self.rpc)  # /v1/agent/connect/authorize, watched per target on first use
         self.local.on_sync_needed = self.ae.trigger
         self.connected = False
         self.dns: Any = None
@@ -483,6 +487,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(http[0], 3)
         await self.checks.stop()
+        await self.leafcerts.stop()
+        self.intentions.close()
         if self.server is not None:
             await self.server.stop()
         if self.router is not None:

@@ -939,6 +939,66 @@ def _event_parsers(subs: Any) -> None:
     w.set_defaults(run=cmd_watch)
 
 
+# ----------------------------------------------------------------- connect
+
+
+def cmd_connect_ca_get_config(args: argparse.Namespace) -> int:
+    """Consul's `connect ca get-config`: the CA configuration as tab-indented JSON."""
+    import json
+
+    try:
+        config = _client(args).request("GET", "/v1/connect/ca/configuration", {"stale": args.stale or None}).json()
+    except APIError as err:
+        raise CLIError(f"Error querying CA configuration: {err}") from None
+    _out(json.dumps(config, indent="\t"))
+    return 0
+
+
+def cmd_connect_ca_set_config(args: argparse.Namespace) -> int:
+    """Consul's `connect ca set-config -config-file F`: PUT the file's CAConfiguration."""
+    import json
+
+    if not args.config_file:
+        raise CLIError("The -config-file flag is required")
+    try:
+        with open(args.config_file, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise CLIError(f"Error reading config file: {err.strerror or err}: {args.config_file}") from None
+    try:
+        config = json.loads(raw)
+    except ValueError as err:
+        raise CLIError(f"Error parsing config file: {err}") from None
+    if not isinstance(config, dict):
+        raise CLIError("Error parsing config file: expected a JSON object")
+    if args.force_without_cross_signing:
+        config["ForceWithoutCrossSigning"] = True
+    try:
+        _client(args).request("PUT", "/v1/connect/ca/configuration", content=json.dumps(config).encode())
+    except APIError as err:
+        raise CLIError(f"Error setting CA configuration: {err}") from None
+    _out("Configuration updated!")
+    return 0
+
+
+def _connect_parsers(subs: Any) -> None:
+    conn = _sub(subs, "connect", "Connect (service mesh): the CA")
+    cs = conn.add_subparsers(dest="connect_cmd", metavar="ca", parser_class=_Parser)
+    cs.required = True
+    cap = _sub(cs, "ca", "Inspect and change the Connect CA")
+    cas = cap.add_subparsers(dest="ca_cmd", metavar="get-config|set-config", parser_class=_Parser)
+    cas.required = True
+    get = _sub(cas, "get-config", "Display the current Connect CA configuration")
+    _http_flags(get)
+    _flag(get, "stale", action="store_true", help="any server may answer")
+    get.set_defaults(run=cmd_connect_ca_get_config)
+    put = _sub(cas, "set-config", "Modify the Connect CA configuration (new key settings rotate the root)")
+    _http_flags(put)
+    _flag(put, "config-file", dest="config_file", help="the JSON CA configuration to apply (Provider, Config)")
+    _flag(put, "force-without-cross-signing", dest="force_without_cross_signing", action="store_true", help="rotate without having the old root cross-sign the new one")
+    put.set_defaults(run=cmd_connect_ca_set_config)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -957,6 +1017,10 @@ def parser() -> argparse.ArgumentParser:
     _cluster_parsers(subs)
     _session_parsers(subs)
     _event_parsers(subs)
+    _connect_parsers(subs)
+    from proconsul.agent import intention_commands  # its own module; it imports the helpers above
+
+    intention_commands.add_parsers(subs)
     return p
 
 

@@ -102,6 +102,16 @@ class RuntimeConfig:
     alt_domain: str = ""
     recursors: tuple[str, ...] = ()
     dns: DNSConfig = field(default_factory=DNSConfig)
+    # connect { enabled, ca_provider, ca_config {...} }: on by default here (Consul needs enabled = true
+    # outside -dev); ca_config holds Consul's CamelCase provider keys, used on first leadership only.
+    connect_enabled: bool = True
+    connect_ca_provider: str = "consul"
+    connect_ca_config: dict[str, Any] = field(default_factory=dict)
+    # acl { enabled, default_policy } (the rest of the acl block arrives with ACLs) and
+    # default_intention_policy: what decides a connection no intention matches.
+    acl_enabled: bool = False
+    acl_default_policy: str = "allow"
+    default_intention_policy: str = ""
     # Service and check definitions from config files, already validated.
     services: tuple[Any, ...] = ()
     checks: tuple[Any, ...] = ()
@@ -131,6 +141,12 @@ class RuntimeConfig:
             node_failure_timeout=self.liveness_timeout,
             session_ttl_min=self.session_ttl_min,
             reconnect_timeout=self.reconnect_timeout,
+            connect_enabled=self.connect_enabled,
+            ca_provider=self.connect_ca_provider,
+            ca_config=dict(self.connect_ca_config),
+            acl_enabled=self.acl_enabled,
+            acl_default_policy=self.acl_default_policy,
+            default_intention_policy=self.default_intention_policy,
         )
 
 
@@ -170,6 +186,9 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "alt_domain": ("alt_domain", "str"),
     "recursors": ("recursors", "list"),
     "dns_config": ("dns", "dns"),
+    "connect": ("connect", "connect"),
+    "acl": ("acl", "acl"),
+    "default_intention_policy": ("default_intention_policy", "str"),
     "service": ("services", "service"),
     "services": ("services", "services"),
     "check": ("checks", "check"),
@@ -256,6 +275,10 @@ def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any)
             if sub not in ("interval", "timeout"):
                 raise ConfigError(f"{source}: invalid config key liveness.{sub}")
             fields[f"liveness_{sub}"] = _typed(source, f"liveness.{sub}", v, "duration")
+    elif kind == "connect":
+        fields.update(_connect_config(source, value))
+    elif kind == "acl":
+        fields.update(_acl_config(source, value))
     elif kind == "ui":
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: ui_config: expected an object")
@@ -299,6 +322,56 @@ def _dns_config(source: str, value: dict[str, Any], current: DNSConfig | None) -
         else:
             raise ConfigError(f"{source}: invalid config key {where}")
     return replace(cfg, **changes)
+
+
+def _connect_config(source: str, value: Any) -> dict[str, Any]:
+    """Consul's connect block: enabled, ca_provider, ca_config (snake_case keys become Consul's CamelCase ones)."""
+    from proconsul.server.ca import AGENT_CA_CONFIG_KEYS
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: connect: expected an object")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key == "enabled":
+            out["connect_enabled"] = _typed(source, "connect.enabled", v, "bool")
+        elif key == "ca_provider":
+            out["connect_ca_provider"] = _typed(source, "connect.ca_provider", v, "str")
+        elif key == "ca_config":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: connect.ca_config: expected an object")
+            known = {*AGENT_CA_CONFIG_KEYS.values(), "SkipValidate"}
+            ca_config: dict[str, Any] = {}
+            for k, item in v.items():
+                name = AGENT_CA_CONFIG_KEYS.get(k, k)
+                if name not in known:
+                    raise ConfigError(f"{source}: invalid config key connect.ca_config.{k}")
+                ca_config[name] = item
+            out["connect_ca_config"] = ca_config
+        else:
+            raise ConfigError(f"{source}: invalid config key connect.{key}")
+    return out
+
+
+# Consul's acl block: enabled and default_policy are read now; the other keys are accepted and wait for ACLs.
+_ACL_LATER_KEYS = {
+    "down_policy", "policy_ttl", "role_ttl", "token_ttl", "enable_key_list_policy", "enable_token_persistence",
+    "enable_token_replication", "tokens", "msp_disable_bootstrap",
+}
+
+
+def _acl_config(source: str, value: Any) -> dict[str, Any]:
+    """Consul's acl block: ``enabled`` and ``default_policy`` (allow | deny)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: acl: expected an object")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        if key == "enabled":
+            out["acl_enabled"] = _typed(source, "acl.enabled", v, "bool")
+        elif key == "default_policy":
+            out["acl_default_policy"] = _typed(source, "acl.default_policy", v, "str")
+        elif key not in _ACL_LATER_KEYS:
+            raise ConfigError(f"{source}: invalid config key acl.{key}")
+    return out
 
 
 def config_files_in(paths: list[str], dirs: list[str]) -> list[str]:
@@ -445,6 +518,20 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
             raise ConfigError(f"retry_join: {addr!r} is not host:port (a server's server port, e.g. 127.0.0.1:8300)")
     if cfg.kv_max_value_size <= 0 or cfg.txn_max_req_len <= 0:
         raise ConfigError("limits: kv_max_value_size and txn_max_req_len must be positive")
+    if cfg.acl_default_policy not in ("allow", "deny"):
+        raise ConfigError(f'acl.default_policy: must be "allow" or "deny", not {cfg.acl_default_policy!r}')
+    if cfg.default_intention_policy not in ("", "allow", "deny"):
+        raise ConfigError(f'default_intention_policy: must be "allow" or "deny", not {cfg.default_intention_policy!r}')
+    if cfg.connect_ca_provider != "consul":
+        raise ConfigError(f'connect.ca_provider: unknown CA provider "{cfg.connect_ca_provider}" (only "consul" is built in)')
+    if cfg.connect_ca_config:
+        from proconsul.server.ca import default_ca_config
+        from proconsul.server.ca_manager import check_config
+
+        try:
+            check_config({**default_ca_config(), **cfg.connect_ca_config})
+        except ProconsulError as err:
+            raise ConfigError(f"connect.ca_config: {err}") from None
     return replace(cfg, node_id=cfg.node_id or _node_id(cfg))
 
 

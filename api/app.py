@@ -14,6 +14,9 @@ from starlette.responses import Response
 from proconsul.agent.version import __version__
 from proconsul.api import agent as agent_api
 from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
+from proconsul.api import connect_ca as connect_ca_api
+from proconsul.api import config_entries as config_entries_api
+from proconsul.api import intentions as intentions_api
 from proconsul.api import event as event_api
 from proconsul.api import query as query_api
 from proconsul.api.common import reply_response
@@ -35,6 +38,9 @@ ROUTERS = (
     event_api.router,
     query_api.router,
     internal.router,
+    connect_ca_api.router,
+    intentions_api.router,
+    config_entries_api.router,
 )
 
 

@@ -210,6 +210,90 @@ class PreparedQueryRequest:
     query: PreparedQueryRecord
 
 
+@dataclass
+class CARootRecord:
+    """A trusted root as the leader made it (Consul's structs.CARoot); ``signing_key`` is its private key PEM."""
+
+    id: str
+    name: str = ""
+    serial_number: int = 0
+    signing_key_id: str = ""
+    external_trust_domain: str = ""
+    not_before: str = ""
+    not_after: str = ""
+    root_cert: str = ""
+    intermediate_certs: list[str] | None = None
+    signing_key: str = ""
+    active: bool = False
+    rotated_out_at: int = 0
+    private_key_type: str = ""
+    private_key_bits: int = 0
+
+
+@dataclass
+class CAConfigRecord:
+    """Consul's structs.CAConfiguration as a command carries it (the ClusterID chosen by the leader)."""
+
+    cluster_id: str
+    provider: str = "consul"
+    config: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, str] | None = None
+    force_without_cross_signing: bool = False
+
+
+CA_OPS = ("set-config", "set-roots", "set-roots-config")
+
+
+@dataclass
+class CARequest:
+    """Consul's structs.CARequest: set the config, the roots, or both; check-and-set on what the leader read.
+
+    ``index`` is the roots table index the leader read (set-roots, set-roots-config);
+    ``config_index`` the config's ModifyIndex (0: there was none).
+    """
+
+    op: str
+    index: int = 0
+    config_index: int = 0
+    roots: list[CARootRecord] = field(default_factory=list)
+    config: CAConfigRecord | None = None
+
+
+@dataclass
+class CALeafRequest:
+    """Consul's structs.CALeafRequest (increment-index): its Raft index becomes a certificate's serial and ModifyIndex."""
+
+    op: str = "increment-index"
+
+
+CONFIG_ENTRY_OPS = ("upsert", "upsert-cas", "delete", "delete-cas")
+
+
+@dataclass
+class ConfigEntryRequest:
+    """Consul's structs.ConfigEntryRequest: ``entry`` normalized (Consul's JSON shape; for deletes just Kind and Name);
+    ``cas`` is the ModifyIndex the -cas ops compare (0 for upsert-cas: only if absent)."""
+
+    op: str
+    entry: dict[str, Any] = field(default_factory=dict)
+    cas: int = 0
+
+
+INTENTION_OPS = ("create", "update", "upsert", "delete")
+
+
+@dataclass
+class IntentionRequest:
+    """Consul's structs.IntentionRequest as the leader rewrites it (IntentionMutation): the source to write,
+    its legacy ID and timestamps already made. Deletes name ``legacy_id``, or ``destination`` and ``source``."""
+
+    op: str
+    legacy_id: str = ""
+    destination: str = ""
+    source: str = ""
+    value: dict[str, Any] = field(default_factory=dict)
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -224,6 +308,10 @@ COMMAND_TYPES: dict[int, type] = {
     10: SessionRequest,
     11: EventFireRequest,
     12: PreparedQueryRequest,
+    13: CARequest,
+    14: CALeafRequest,
+    15: ConfigEntryRequest,
+    16: IntentionRequest,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 

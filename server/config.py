@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from proconsul.server.raft import RaftTuning
 
@@ -29,6 +30,17 @@ class ServerConfig:
     node_failure_timeout: float = 10.0
     session_ttl_min: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
+    # Connect: on by default (Consul wants connect { enabled = true } outside -dev). The CA config
+    # here is only the initial one, used on first leadership; later changes go through the API.
+    connect_enabled: bool = True
+    ca_provider: str = "consul"
+    ca_config: dict[str, Any] = field(default_factory=dict)
+    ca_prune_interval: float = 3600.0  # Consul's caRootPruneInterval
+    # acl { enabled, default_policy } and default_intention_policy: what decides an intention check no
+    # intention matches (ACLs themselves arrive with their own issue).
+    acl_enabled: bool = False
+    acl_default_policy: str = "allow"
+    default_intention_policy: str = ""
 
     @property
     def rpc_addr(self) -> str:

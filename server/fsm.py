@@ -21,8 +21,12 @@ from typing import Any, Callable
 
 from proconsul.server.commands import (
     BarrierRequest,
+    CALeafRequest,
+    CARequest,
+    ConfigEntryRequest,
     DeregisterRequest,
     EventFireRequest,
+    IntentionRequest,
     KVSRequest,
     MemberReapRequest,
     MemberUpdateRequest,
@@ -38,6 +42,7 @@ from proconsul.server.errors import ProconsulError, StoreError
 from proconsul.server.snapshot import tables_from_wire
 from proconsul.server.shapes import health_check, service_instance
 from proconsul.server.state import DirEntry, Member, Node, PreparedQuery, Session, StateStore, TxnErrors, UserEvent
+from proconsul.server.state.ca import CAConfig, CARoot
 
 log = logging.getLogger("proconsul.fsm")
 
@@ -68,6 +73,10 @@ class FSM:
             SessionRequest: self.apply_session,
             EventFireRequest: self.apply_event_fire,
             PreparedQueryRequest: self.apply_prepared_query,
+            CARequest: self.apply_ca,
+            CALeafRequest: self.apply_ca_leaf,
+            ConfigEntryRequest: self.apply_config_entry,
+            IntentionRequest: self.apply_intention,
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
@@ -181,3 +190,47 @@ class FSM:
             self.state.query_delete(index, r.id)
         else:
             raise StoreError(f"Unknown prepared query operation: {req.op}")
+
+    def apply_ca(self, req: CARequest, index: int) -> bool:
+        """Consul's applyConnectCAOperation: False when a check-and-set lost."""
+        config = None
+        if req.config is not None:
+            c = req.config
+            config = CAConfig(c.cluster_id, c.provider, dict(c.config), dict(c.state) if c.state is not None else None, c.force_without_cross_signing)
+        roots = [
+            CARoot(
+                r.id, r.name, r.serial_number, r.signing_key_id, r.external_trust_domain, r.not_before, r.not_after,
+                r.root_cert, tuple(r.intermediate_certs) if r.intermediate_certs is not None else None, r.signing_key,
+                r.active, r.rotated_out_at, r.private_key_type, r.private_key_bits,
+            )
+            for r in req.roots
+        ]
+        if req.op == "set-config":
+            if config is None:
+                raise StoreError("Missing CA configuration")
+            return self.state.ca_set_config(index, config, req.config_index)
+        if req.op == "set-roots":
+            return self.state.ca_set_roots(index, req.index, roots)
+        if req.op == "set-roots-config":
+            if config is None:
+                raise StoreError("Missing CA configuration")
+            return self.state.ca_set_roots_and_config(index, req.index, roots, config, req.config_index)
+        raise StoreError(f"Invalid CA operation '{req.op}'")
+
+    def apply_ca_leaf(self, req: CALeafRequest, index: int) -> int:
+        if req.op != "increment-index":
+            raise StoreError(f"Invalid CA Leaf operation '{req.op}'")
+        return self.state.ca_increment_leaf_index(index)
+
+    def apply_config_entry(self, req: ConfigEntryRequest, index: int) -> bool:
+        """Consul's applyConfigEntryOperation: True, or False when a check-and-set lost."""
+        entry = req.entry
+        if req.op in ("upsert", "upsert-cas"):
+            return self.state.config_entry_set(index, entry, req.cas if req.op == "upsert-cas" else None)
+        if req.op in ("delete", "delete-cas"):
+            return self.state.config_entry_delete(index, entry.get("Kind", ""), entry.get("Name", ""), req.cas if req.op == "delete-cas" else None)
+        raise StoreError(f"Invalid config entry operation '{req.op}'")
+
+    def apply_intention(self, req: IntentionRequest, index: int) -> None:
+        """Consul's applyIntentionOperation (the config-entry flavour: IntentionMutation)."""
+        self.state.intention_mutation(index, req.op, req.legacy_id, req.destination, req.source, dict(req.value))

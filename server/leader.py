@@ -5,7 +5,8 @@ proposed as a command and re-checked inside apply. Now: the first barrier
 (after which default-mode reads are safe on this leader), tombstone reaping
 (Consul's TombstoneGC: tombstones live ``tombstone_ttl``, reaped in batches
 every ``tombstone_granularity``), node liveness (``liveness.Liveness``) and
-session TTL timers (``sessions.SessionTimers``).
+session TTL timers (``sessions.SessionTimers``), and the Connect CA's bootstrap
+and root pruning (``ca_manager.CAManager.leader_loop``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class LeaderDuties:
         if not self.active:
             return
         srv.mark_consistent_ready()
+        # Connect CA: bootstrap the root on first leadership, then prune rotated-out roots (Consul's CAManager).
+        self._tasks.append(asyncio.create_task(srv.ca_manager.leader_loop(), name="leader-ca"))
         # Tombstones written under earlier leaders: start their clock now, as Consul does.
         indexes = srv.state.tombstone_indexes()
         if indexes:

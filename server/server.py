@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from proconsul.server import endpoints
 from proconsul.server.codec import from_wire, to_wire
+from proconsul.server.ca_manager import CAManager
 from proconsul.server.config import ServerConfig
 from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacenter, NotReadyError, RPCUnreachable
 from proconsul.server.fsm import FSM
@@ -55,6 +56,7 @@ class Server:
         self.session_timers = SessionTimers(self)
         self.lock_delays = LockDelays()
         self.leader_duties = LeaderDuties(self)
+        self.ca_manager = CAManager(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         # The agent's telemetry registry (proconsul.agent.metrics.Metrics), when an agent hosts this server.
         self.metrics: Any = None

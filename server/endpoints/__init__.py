@@ -39,3 +39,5 @@ def load_all() -> None:
     from proconsul.server.endpoints import (  # noqa: F401
         catalog, event, health, internal, kv, operator, query, session, snapshot, status, txn,
     )
+    from proconsul.server.endpoints import connect_ca  # noqa: F401
+    from proconsul.server.endpoints import config_entry, intention  # noqa: F401

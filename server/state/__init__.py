@@ -3,13 +3,16 @@
 One import boundary, parts behind it: ``base`` (transactions, indexes, watches,
 dump/load), ``kv`` (KV and tombstones), ``catalog`` (nodes, services, checks),
 ``members`` (agents' liveness), ``sessions`` (sessions and lock invalidation),
-``queries`` (prepared queries and their templates).
+``queries`` (prepared queries and their templates), ``ca`` (Connect CA roots and config),
+``config_entries`` (config entries, and the intentions read from them).
 No Raft, clock or I/O anywhere in here; see ``base`` for the invariants.
 """
 
 from __future__ import annotations
 
 from proconsul.server.state.base import BASE_SCHEMA, StoreBase, TableSchema, TxnAbort, TxnErrors, WriteTxn
+from proconsul.server.state.ca import CAConfig, CARoot, CAStore
+from proconsul.server.state.config_entries import ConfigEntriesStore, ConfigEntry
 from proconsul.server.state.catalog import DEFAULT_WEIGHTS, HEALTH_STATES, CatalogStore, HealthCheck, Node, ServiceInstance
 from proconsul.server.state.kv import KV_REAPED, DirEntry, KVStore
 from proconsul.server.state.events import EVENT_BUFFER, EventsStore, UserEvent
@@ -18,21 +21,26 @@ from proconsul.server.state.queries import PreparedQuery, QueriesStore
 from proconsul.server.state.sessions import BEHAVIORS, MAX_LOCK_DELAY, Session, SessionsStore
 
 
-class StateStore(KVStore, CatalogStore, MembersStore, SessionsStore, QueriesStore, EventsStore, StoreBase):
+class StateStore(KVStore, CatalogStore, MembersStore, SessionsStore, QueriesStore, EventsStore, CAStore, ConfigEntriesStore, StoreBase):
     """Every replicated table with Consul's read and write semantics."""
 
-    PARTS = ("kv", "catalog", "members", "sessions", "queries", "events")
+    PARTS = ("kv", "catalog", "members", "sessions", "queries", "events", "ca", "config_entries")
 
 
 SCHEMA: dict[str, TableSchema] = StateStore.schema()
 
 __all__ = [
     "BASE_SCHEMA",
+    "CAConfig",
+    "CARoot",
+    "CAStore",
     "DEFAULT_WEIGHTS",
     "HEALTH_STATES",
     "KV_REAPED",
     "SCHEMA",
     "SERF_CHECK_ID",
+    "ConfigEntriesStore",
+    "ConfigEntry",
     "DirEntry",
     "EVENT_BUFFER",
     "EventsStore",
