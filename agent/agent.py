@@ -26,6 +26,7 @@ from proconsul.agent.leafcerts import LeafCerts
 from proconsul.agent.local import LocalState
 from proconsul.agent.metrics import Metrics
 from proconsul.agent.persist import AgentStore
+from proconsul.agent.proxy_manager import ProxyManager
 from proconsul.agent.router import ServerRouter
 from proconsul.agent.structs import SIDECAR_SUFFIX, CheckDef, ServiceDef, sidecar_default_checks
 from proconsul.agent.version import __version__
@@ -108,6 +109,7 @@ class Agent:
         self.ae = AntiEntropy(self)
         self.leafcerts = LeafCerts(self)  # Connect CA roots and service leaf certificates, made on first use
         self.intentions = IntentionCache(self.rpc)  # /v1/agent/connect/authorize, watched per target on first use
+        self.proxies = ProxyManager(self)  # a built-in proxy for each sidecar registered here
         self.local.on_sync_needed = self.ae.trigger
         self.connected = False
         self.dns: Any = None
@@ -231,6 +233,7 @@ class Agent:
         for check in defn.checks:
             check.service_id = sid
             await self._add_check(check, source)
+        self.proxies.sync()
 
     async def deregister_service(self, service_id: str) -> None:
         """Remove a service and its checks; NotFound when there is no such service."""
@@ -239,6 +242,7 @@ class Agent:
         for c in self.local.service_checks(service_id):
             await self.checks.remove(c.defn.id)
         self.local.remove_service(service_id)
+        self.proxies.sync()
         sidecar = self.local.service(service_id + SIDECAR_SUFFIX)
         if sidecar is not None and sidecar.is_sidecar:  # registered through this service's SidecarService
             await self.deregister_service(sidecar.service.id)
@@ -487,6 +491,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(http[0], 3)
         await self.checks.stop()
+        await self.proxies.stop()
         await self.leafcerts.stop()
         self.intentions.close()
         if self.server is not None:

@@ -92,6 +92,15 @@ class CheckManager:
         self._runners[defn.id] = runner
         runner.start()
 
+    async def run_now(self, check_id: str) -> None:
+        """Restart an interval check without its first-run stagger (what it checks just came up)."""
+        runner = self._runners.get(check_id)
+        if runner is None:
+            return
+        await runner.stop()
+        runner = self._runners[check_id] = CheckRunner(runner.spec, self._report, stagger=lambda _: 0.0)
+        runner.start()
+
     async def remove(self, check_id: str) -> None:
         runner = self._runners.pop(check_id, None)
         if runner is not None:

@@ -981,9 +981,32 @@ def cmd_connect_ca_set_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_connect_proxy(args: argparse.Namespace) -> int:
+    """`connect proxy`: the built-in mTLS proxy in this process (see proxy_command)."""
+    import asyncio
+
+    import uvloop
+
+    from proconsul.agent import log as log_mod
+    from proconsul.agent import proxy_command
+    from proconsul.agent.config import LOG_LEVELS
+
+    level = LOG_LEVELS.get(args.log_level.upper())
+    if level is None:
+        raise CLIError(f"-log-level: unknown level {args.log_level!r} (trace, debug, info, warn, err)")
+    log_mod.setup(level)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(proxy_command.run(args))
+    except proxy_command.CommandError as err:
+        raise CLIError(str(err)) from None
+
+
 def _connect_parsers(subs: Any) -> None:
-    conn = _sub(subs, "connect", "Connect (service mesh): the CA")
-    cs = conn.add_subparsers(dest="connect_cmd", metavar="ca", parser_class=_Parser)
+    from proconsul.agent import proxy_command
+
+    conn = _sub(subs, "connect", "Connect (service mesh): the CA and the built-in proxy")
+    cs = conn.add_subparsers(dest="connect_cmd", metavar="ca|proxy", parser_class=_Parser)
     cs.required = True
     cap = _sub(cs, "ca", "Inspect and change the Connect CA")
     cas = cap.add_subparsers(dest="ca_cmd", metavar="get-config|set-config", parser_class=_Parser)
@@ -997,6 +1020,8 @@ def _connect_parsers(subs: Any) -> None:
     _flag(put, "config-file", dest="config_file", help="the JSON CA configuration to apply (Provider, Config)")
     _flag(put, "force-without-cross-signing", dest="force_without_cross_signing", action="store_true", help="rotate without having the old root cross-sign the new one")
     put.set_defaults(run=cmd_connect_ca_set_config)
+    proxy_command.add_parser(cs, _sub, _flag, _http_flags)
+    cs.choices["proxy"].set_defaults(run=cmd_connect_proxy)
 
 
 # ----------------------------------------------------------------- main

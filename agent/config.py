@@ -196,7 +196,7 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
 }
 _PORT_KEYS = {"http", "https", "dns", "server", "raft", "sidecar_min_port", "sidecar_max_port"}
 _LIMIT_KEYS = {"kv_max_value_size": "kv_max_value_size", "txn_max_req_len": "txn_max_req_len"}
-_LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERR": "ERROR", "ERROR": "ERROR"}
+LOG_LEVELS = {"TRACE": "DEBUG", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARNING", "WARNING": "WARNING", "ERR": "ERROR", "ERROR": "ERROR"}
 
 
 def _typed(source: str, key: str, value: Any, kind: str) -> Any:
@@ -446,7 +446,7 @@ def _is_loopback(addr: str) -> bool:
 
 
 def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
-    level = _LOG_LEVELS.get(cfg.log_level.upper())
+    level = LOG_LEVELS.get(cfg.log_level.upper())
     if level is None:
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r} (trace, debug, info, warn, err)")
     cfg = replace(cfg, log_level=level)

@@ -101,11 +101,17 @@ class IntentionCache:
         reply = await self._rpc("Intention.Match", IntentionQuery(match_type="destination", names=[target], opts=opts))
         return reply.meta.index, list(reply.value[0] or [])
 
-    async def get(self, target: str) -> tuple[Entry, bool]:
-        """The target's entry and whether it was already cached; reads it (and starts its watcher) on first use."""
+    def peek(self, target: str) -> Entry | None:
+        """The target's entry if cached (marking it used), without reading anything."""
         entry = self._entries.get(target)
         if entry is not None:
             entry.used = time.monotonic()
+        return entry
+
+    async def get(self, target: str) -> tuple[Entry, bool]:
+        """The target's entry and whether it was already cached; reads it (and starts its watcher) on first use."""
+        entry = self.peek(target)
+        if entry is not None:
             return entry, True
         pending = self._pending.get(target)
         if pending is not None:

@@ -98,6 +98,9 @@ async def agent_self(request: Request) -> Response:
             "EnableScriptChecks": cfg.enable_script_checks,
             "EnableLocalScriptChecks": cfg.enable_local_script_checks,
             "RetryJoinLAN": list(cfg.retry_join),
+            "ACLsEnabled": cfg.acl_enabled,
+            "ACLResolverSettings": {"ACLDefaultPolicy": cfg.acl_default_policy},
+            "DefaultIntentionPolicy": cfg.default_intention_policy,
         },
         "Coord": None,
         "Member": {

@@ -259,9 +259,10 @@ _AUTHORIZE_FIELDS = {"target", "clientcerturi", "clientcertserial"}
 
 
 # Consul registers POST only; py-consul's agent.connect.authorize sends PUT, so both are taken.
-@router.api_route("/v1/agent/connect/authorize", methods=["POST", "PUT"],
-                  summary="May the client certificate's service connect to Target? (from the agent's intentions cache)",
-                  openapi_extra={"parameters": [TOKEN], "requestBody": _BODY})
+@router.put("/v1/agent/connect/authorize", operation_id="agent_connect_authorize_put", summary="As POST (py-consul sends PUT)",
+            openapi_extra={"parameters": [TOKEN], "requestBody": _BODY})
+@router.post("/v1/agent/connect/authorize", summary="May the client certificate's service connect to Target? (from the agent's intentions cache)",
+             openapi_extra={"parameters": [TOKEN], "requestBody": _BODY})
 async def agent_connect_authorize(request: Request) -> Response:
     data = await _body(request)
     if data is None:
