@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["raft", "dns"]
+BENCHMARKS = ["raft", "dns", "mesh"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
