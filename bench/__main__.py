@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["raft", "dns", "mesh"]
+BENCHMARKS = ["raft", "dns", "mesh", "kv", "catalog", "fanout", "events"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
