@@ -34,6 +34,8 @@ from proconsul.api.app import build_app
 from proconsul.server.codec import to_wire
 from proconsul.server.commands import RegisterRequest
 from proconsul.server.errors import BadRequest, NotFound, ProconsulError
+from proconsul.server import tls as tlsutil
+from proconsul.server.rpc import RPCPool
 from proconsul.server.server import Server
 from proconsul.server.state.members import tagged_addresses
 from proconsul.server.structs import HeartbeatRequest, HelloRequest, MemberRequest
@@ -92,6 +94,13 @@ def _listen(host: str, port: int, what: str) -> socket.socket:
     return sock
 
 
+def _client_pool(cfg: RuntimeConfig) -> RPCPool:
+    """A client agent's server RPC: TLS when tls.internal_rpc says verify_outgoing, as Consul's OutgoingRPCWrapper."""
+    pc = cfg.tls_internal_rpc
+    name = tlsutil.server_name(cfg.datacenter, cfg.domain) if pc.verify_server_hostname else None
+    return RPCPool(ssl=tlsutil.outgoing_context(pc), server_name=name)
+
+
 class Agent:
     """See the module docstring."""
 
@@ -101,7 +110,7 @@ class Agent:
         self._config_inputs = config_inputs
         self.metrics = Metrics()
         self.server: Server | None = Server(config.server_config()) if config.server else None
-        self.router: ServerRouter | None = None if config.server else ServerRouter(list(config.retry_join))
+        self.router: ServerRouter | None = None if config.server else ServerRouter(list(config.retry_join), _client_pool(config))
         self.local = LocalState(
             AgentStore(config.data_dir) if config.data_dir else None, check_update_interval=config.check_update_interval
         )
@@ -114,6 +123,7 @@ class Agent:
         self.connected = False
         self.dns: Any = None
         self._http: _Uvicorn | None = None
+        self._https: _Uvicorn | None = None
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._register_gauges()
@@ -161,6 +171,7 @@ class Agent:
             port=cfg.ports.server if cfg.server else 0,
             tags=self.member_tags(),
         )
+        unreachable_logged = False
         while True:
             try:
                 reply = await self.rpc("Internal.Heartbeat", req)
@@ -173,6 +184,9 @@ class Agent:
             except ProconsulError as err:
                 if self.connected:
                     log.warning("lost contact with the servers: %s", err)
+                elif self.router is not None and not unreachable_logged:  # once: a client's bad join (address, TLS) says why
+                    log.warning("cannot reach the servers: %s", err)
+                    unreachable_logged = True
                 self.connected = False
             await asyncio.sleep(cfg.liveness_interval)
 
@@ -412,6 +426,7 @@ class Agent:
     async def start(self) -> None:
         cfg = self.config
         http_sock = _listen(cfg.client_addr, cfg.ports.http, "HTTP") if cfg.ports.http > 0 else None
+        https_sock = _listen(cfg.client_addr, cfg.ports.https, "HTTPS") if cfg.ports.https > 0 else None
         if self.server is not None:
             try:
                 await self.server.start()
@@ -429,24 +444,37 @@ class Agent:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         if http_sock is not None:
-            config = uvicorn.Config(
-                build_app(self),
-                loop="none",
-                http="httptools",
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                timeout_graceful_shutdown=1,
-                timeout_keep_alive=30,
-                server_header=False,
-            )
-            self._http = _Uvicorn(config)
+            self._http = _Uvicorn(self._uvicorn_config())
             self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock]), name="http"))
+        if https_sock is not None:
+            config = self._uvicorn_config()
+            config.load()
+            # Our own context (Consul's IncomingHTTPSConfig): verify_incoming requires a client cert from the CA.
+            config.ssl = tlsutil.incoming_context(cfg.tls_https)
+            self._https = _Uvicorn(config)
+            self._tasks.append(asyncio.create_task(self._https.serve(sockets=[https_sock]), name="https"))
+        rpc_tls = cfg.tls_internal_rpc
         log.info(
-            "started %s: node %s, datacenter %s, http %s:%s, server rpc %s",
+            "started %s: node %s, datacenter %s, http %s:%s, https %s, server rpc %s, rpc tls %s",
             "server" if cfg.server else "client",
             cfg.node_name, cfg.datacenter, cfg.client_addr, cfg.ports.http,
+            f"{cfg.client_addr}:{cfg.ports.https}" if https_sock is not None else "off",
             f"{cfg.bind_addr}:{cfg.ports.server}" if cfg.server else "off",
+            ", ".join(n for n, on in (("incoming", cfg.server and rpc_tls.has_cert), ("verify_incoming", cfg.server and rpc_tls.verify_incoming),
+                                      ("verify_outgoing", rpc_tls.verify_outgoing), ("verify_server_hostname", rpc_tls.verify_server_hostname)) if on) or "off",
+        )
+
+    def _uvicorn_config(self) -> uvicorn.Config:
+        return uvicorn.Config(
+            build_app(self),
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+            server_header=False,
         )
 
     async def _start_dns(self) -> None:
@@ -481,15 +509,16 @@ class Agent:
         if self.dns is not None:
             await self.dns.stop()
             self.dns.resolver.cache.close()
-        if self._http is not None:
-            self._http.should_exit = True
+        for server in (self._http, self._https):
+            if server is not None:
+                server.should_exit = True
         for task in self._tasks:
-            if task.get_name() != "http":
+            if task.get_name() not in ("http", "https"):
                 task.cancel()
-        http = [t for t in self._tasks if t.get_name() == "http"]
+        http = [t for t in self._tasks if t.get_name() in ("http", "https")]
         if http:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(http[0], 3)
+                await asyncio.wait_for(asyncio.gather(*http), 3)
         await self.checks.stop()
         await self.proxies.stop()
         await self.leafcerts.stop()

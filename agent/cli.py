@@ -79,6 +79,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "ui": True if args.ui else None,
         "port_http": args.http_port,
+        "port_https": args.https_port,
         "port_dns": args.dns_port,
         "port_server": args.server_port,
         "port_raft": args.raft_port,
@@ -137,6 +138,7 @@ def _agent_parser(subs: Any) -> None:
     _flag(p, "enable-script-checks", dest="enable_script_checks", action="store_true", help="allow script checks from the API and config files")
     _flag(p, "enable-local-script-checks", dest="enable_local_script_checks", action="store_true", help="allow script checks from config files only")
     _flag(p, "http-port", dest="http_port", type=int)
+    _flag(p, "https-port", dest="https_port", type=int, help="HTTPS API port (default -1: off; needs tls cert_file and key_file)")
     _flag(p, "dns-port", dest="dns_port", type=int)
     _flag(p, "server-port", dest="server_port", type=int)
     _flag(p, "raft-port", dest="raft_port", type=int)
@@ -1046,6 +1048,9 @@ def parser() -> argparse.ArgumentParser:
     from proconsul.agent import intention_commands  # its own module; it imports the helpers above
 
     intention_commands.add_parsers(subs)
+    from proconsul.agent import tls_commands
+
+    tls_commands.add_parsers(subs)
     return p
 
 

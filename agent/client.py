@@ -25,8 +25,34 @@ def resolve_addr(flag: str | None) -> str:
     if addr.startswith("unix://"):
         raise APIError(f"unix sockets are not supported: {addr}")
     if "://" not in addr:
-        addr = "http://" + addr
+        ssl_on = _env("HTTP_SSL").lower() in ("1", "true", "yes")
+        addr = ("https://" if ssl_on else "http://") + addr
     return addr.rstrip("/")
+
+
+def _env(name: str) -> str:
+    """PROCONSUL_<name>, else CONSUL_<name>, else ""."""
+    return os.environ.get(f"PROCONSUL_{name}") or os.environ.get(f"CONSUL_{name}") or ""
+
+
+def tls_verify() -> Any:
+    """What httpx verifies an https:// agent with: Consul's CONSUL_CACERT / CONSUL_CAPATH, CONSUL_CLIENT_CERT and
+    CONSUL_CLIENT_KEY (a client certificate for verify_incoming), CONSUL_HTTP_SSL_VERIFY=false."""
+    import ssl
+
+    if _env("HTTP_SSL_VERIFY").lower() in ("0", "false", "no"):
+        return False
+    cafile, capath = _env("CACERT"), _env("CAPATH")
+    cert, key = _env("CLIENT_CERT"), _env("CLIENT_KEY")
+    if not (cafile or capath or cert):
+        return True
+    try:
+        ctx = ssl.create_default_context(cafile=cafile or None, capath=capath or None)
+        if cert:
+            ctx.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as err:
+        raise APIError(f"Error loading TLS files for the HTTPS client: {err}") from None
+    return ctx
 
 
 class Client:
@@ -37,7 +63,8 @@ class Client:
         token = token or os.environ.get("PROCONSUL_HTTP_TOKEN") or os.environ.get("CONSUL_HTTP_TOKEN")
         self._headers = {"X-Consul-Token": token} if token else {}
         self._dc = datacenter
-        self._http = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
+        verify = tls_verify() if self.base.startswith("https://") else True
+        self._http = httpx.Client(timeout=httpx.Timeout(30.0, read=None), verify=verify)
 
     def close(self) -> None:
         self._http.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 from proconsul.agent import structs
 
+from proconsul.server import tls as tlsutil
 from proconsul.server.durations import parse_duration
 from proconsul.server.config import ServerConfig
 from proconsul.server.errors import ProconsulError
@@ -111,10 +112,20 @@ class RuntimeConfig:
     # default_intention_policy: what decides a connection no intention matches.
     acl_enabled: bool = False
     acl_default_policy: str = "allow"
+    # The rest of Consul's acl block. Tokens are secrets: kept out of repr so a logged config shows none.
+    acl_down_policy: str = "extend-cache"
+    acl_token_ttl: float = 30.0
+    acl_token_initial_management: str = field(default="", repr=False)
+    acl_token_agent: str = field(default="", repr=False)
+    acl_token_default: str = field(default="", repr=False)
+    acl_token_agent_recovery: str = field(default="", repr=False)
     default_intention_policy: str = ""
     # Service and check definitions from config files, already validated.
     services: tuple[Any, ...] = ()
     checks: tuple[Any, ...] = ()
+    # Consul's tls block, resolved per interface (tls.defaults overlaid with tls.https / tls.internal_rpc).
+    tls_https: tlsutil.TLSProtocolConfig = field(default_factory=tlsutil.TLSProtocolConfig)
+    tls_internal_rpc: tlsutil.TLSProtocolConfig = field(default_factory=tlsutil.TLSProtocolConfig)
 
     @property
     def advertise(self) -> str:
@@ -146,7 +157,10 @@ class RuntimeConfig:
             ca_config=dict(self.connect_ca_config),
             acl_enabled=self.acl_enabled,
             acl_default_policy=self.acl_default_policy,
+            acl_initial_management=self.acl_token_initial_management,
             default_intention_policy=self.default_intention_policy,
+            tls_rpc=self.tls_internal_rpc,
+            domain=self.domain.rstrip("."),
         )
 
 
@@ -193,6 +207,11 @@ _FILE_KEYS: dict[str, tuple[str, str]] = {
     "services": ("services", "services"),
     "check": ("checks", "check"),
     "checks": ("checks", "checks"),
+    "tls": ("tls", "tls"),
+    **{key: ("tls_legacy", "tls_legacy") for key in (
+        "ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https",
+        "verify_outgoing", "verify_server_hostname", "tls_min_version", "tls_cipher_suites", "tls_prefer_server_cipher_suites",
+    )},
 }
 _PORT_KEYS = {"http", "https", "dns", "server", "raft", "sidecar_min_port", "sidecar_max_port"}
 _LIMIT_KEYS = {"kv_max_value_size": "kv_max_value_size", "txn_max_req_len": "txn_max_req_len"}
@@ -279,6 +298,10 @@ def _apply_file_value(fields: dict[str, Any], source: str, key: str, value: Any)
         fields.update(_connect_config(source, value))
     elif kind == "acl":
         fields.update(_acl_config(source, value))
+    elif kind == "tls":
+        _merge_tls(fields.setdefault("tls", {}), _tls_block(source, value))
+    elif kind == "tls_legacy":
+        _merge_tls(fields.setdefault("tls_legacy", {}), _tls_legacy(source, key, value))
     elif kind == "ui":
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: ui_config: expected an object")
@@ -352,15 +375,20 @@ def _connect_config(source: str, value: Any) -> dict[str, Any]:
     return out
 
 
-# Consul's acl block: enabled and default_policy are read now; the other keys are accepted and wait for ACLs.
-_ACL_LATER_KEYS = {
-    "down_policy", "policy_ttl", "role_ttl", "token_ttl", "enable_key_list_policy", "enable_token_persistence",
-    "enable_token_replication", "tokens", "msp_disable_bootstrap",
+# Consul's acl block: what proconsul reads, and keys it accepts and ignores (replication, persistence,
+# the enterprise and HCP ones), so an existing Consul config still loads.
+_ACL_IGNORED_KEYS = {"policy_ttl", "role_ttl", "enable_key_list_policy", "enable_token_persistence", "enable_token_replication", "msp_disable_bootstrap"}
+_ACL_TOKEN_KEYS = {
+    "initial_management": "acl_token_initial_management", "master": "acl_token_initial_management",
+    "agent": "acl_token_agent", "default": "acl_token_default",
+    "agent_recovery": "acl_token_agent_recovery", "agent_master": "acl_token_agent_recovery",
 }
+_ACL_IGNORED_TOKENS = {"replication", "config_file_service_registration", "dns"}
+ACL_DOWN_POLICIES = ("allow", "deny", "extend-cache", "async-cache")
 
 
 def _acl_config(source: str, value: Any) -> dict[str, Any]:
-    """Consul's acl block: ``enabled`` and ``default_policy`` (allow | deny)."""
+    """Consul's acl block: enabled, default_policy, down_policy, token_ttl and tokens {...} (legacy names too)."""
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: acl: expected an object")
     out: dict[str, Any] = {}
@@ -369,9 +397,71 @@ def _acl_config(source: str, value: Any) -> dict[str, Any]:
             out["acl_enabled"] = _typed(source, "acl.enabled", v, "bool")
         elif key == "default_policy":
             out["acl_default_policy"] = _typed(source, "acl.default_policy", v, "str")
-        elif key not in _ACL_LATER_KEYS:
+        elif key == "down_policy":
+            out["acl_down_policy"] = _typed(source, "acl.down_policy", v, "str")
+        elif key == "token_ttl":
+            out["acl_token_ttl"] = _typed(source, "acl.token_ttl", v, "duration")
+        elif key == "tokens":
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: acl.tokens: expected an object")
+            for name, secret in v.items():
+                if name in _ACL_TOKEN_KEYS:
+                    out[_ACL_TOKEN_KEYS[name]] = _typed(source, f"acl.tokens.{name}", secret, "str")
+                elif name in _ACL_IGNORED_TOKENS:
+                    _typed(source, f"acl.tokens.{name}", secret, "str")
+                else:
+                    raise ConfigError(f"{source}: invalid config key acl.tokens.{name}")
+        elif key in ("policy_ttl", "role_ttl"):
+            _typed(source, f"acl.{key}", v, "duration")
+        elif key not in _ACL_IGNORED_KEYS:
             raise ConfigError(f"{source}: invalid config key acl.{key}")
     return out
+
+
+def _tls_block(source: str, value: Any) -> dict[str, dict[str, Any]]:
+    """Consul's tls block: defaults, https, internal_rpc and grpc, each a set of typed keys."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: tls: expected an object")
+    out: dict[str, dict[str, Any]] = {}
+    for block, settings in value.items():
+        if block not in tlsutil.BLOCK_KEYS:
+            raise ConfigError(f"{source}: invalid config key tls.{block}")
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{source}: tls.{block}: expected an object")
+        for key, v in settings.items():
+            if key not in tlsutil.BLOCK_KEYS[block]:
+                raise ConfigError(f"{source}: invalid config key tls.{block}.{key}")
+            out.setdefault(block, {})[key] = _typed(source, f"tls.{block}.{key}", v, "bool" if key in tlsutil.BOOL_KEYS else "str")
+    return out
+
+
+# Consul's pre-1.12 top-level TLS keys and where the tls block has them now (tls block settings win).
+_TLS_LEGACY = {
+    "ca_file": ("defaults", "ca_file"), "ca_path": ("defaults", "ca_path"), "cert_file": ("defaults", "cert_file"),
+    "key_file": ("defaults", "key_file"), "verify_incoming": ("defaults", "verify_incoming"),
+    "verify_incoming_rpc": ("internal_rpc", "verify_incoming"), "verify_incoming_https": ("https", "verify_incoming"),
+    "verify_outgoing": ("defaults", "verify_outgoing"), "verify_server_hostname": ("internal_rpc", "verify_server_hostname"),
+    "tls_min_version": ("defaults", "tls_min_version"), "tls_cipher_suites": ("defaults", "tls_cipher_suites"),
+}
+_TLS_LEGACY_VERSIONS = {"tls10": "TLSv1_0", "tls11": "TLSv1_1", "tls12": "TLSv1_2", "tls13": "TLSv1_3"}
+
+
+def _tls_legacy(source: str, key: str, value: Any) -> dict[str, dict[str, Any]]:
+    if key == "tls_prefer_server_cipher_suites":
+        _typed(source, key, value, "bool")
+        return {}
+    block, name = _TLS_LEGACY[key]
+    typed = _typed(source, key, value, "bool" if name in tlsutil.BOOL_KEYS else "str")
+    if name == "tls_min_version":
+        typed = _TLS_LEGACY_VERSIONS.get(typed, typed)
+    return {block: {name: typed}}
+
+
+def _merge_tls(into: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Later settings override earlier ones key by key, as Consul merges config files."""
+    for block, settings in more.items():
+        into.setdefault(block, {}).update(settings)
+    return into
 
 
 def config_files_in(paths: list[str], dirs: list[str]) -> list[str]:
@@ -414,6 +504,9 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
     for path in files:
         loaded = load_file(path)
         ports = {**fields.get("ports", {}), **loaded.pop("ports", {})}
+        for block in ("tls", "tls_legacy"):
+            if block in loaded:
+                fields[block] = _merge_tls(fields.get(block, {}), loaded.pop(block))
         # Definitions accumulate across files, as Consul's do; everything else: the last file wins.
         for plural in ("services", "checks"):
             if plural in loaded:
@@ -430,6 +523,9 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
         else:
             fields[key] = value
     fields["ports"] = Ports(**ports)
+    tls_block = _merge_tls(_merge_tls({}, fields.pop("tls_legacy", {})), fields.pop("tls", {}))
+    fields["tls_https"] = tlsutil.resolve(tls_block, "https")
+    fields["tls_internal_rpc"] = tlsutil.resolve(tls_block, "internal_rpc")
     fields["config_files"] = tuple(files)
     fields["services"] = tuple(fields.get("services", ()))
     fields["checks"] = tuple(fields.get("checks", ()))
@@ -484,7 +580,7 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
                 f"check {defn.id}: script checks are disabled on this agent; "
                 "set enable_local_script_checks (or enable_script_checks) to true"
             )
-    for name in ("http", "dns", "server", "raft"):
+    for name in ("http", "https", "dns", "server", "raft"):
         port = getattr(cfg.ports, name)
         if not (port == -1 or 0 < port < 65536):
             raise ConfigError(f"ports.{name}: {port} is not a port (1-65535, or -1 to disable)")
@@ -516,10 +612,13 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
         host, sep, port = addr.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise ConfigError(f"retry_join: {addr!r} is not host:port (a server's server port, e.g. 127.0.0.1:8300)")
+    _validate_tls(cfg)
     if cfg.kv_max_value_size <= 0 or cfg.txn_max_req_len <= 0:
         raise ConfigError("limits: kv_max_value_size and txn_max_req_len must be positive")
     if cfg.acl_default_policy not in ("allow", "deny"):
         raise ConfigError(f'acl.default_policy: must be "allow" or "deny", not {cfg.acl_default_policy!r}')
+    if cfg.acl_down_policy not in ACL_DOWN_POLICIES:
+        raise ConfigError(f"acl.down_policy: must be one of {', '.join(ACL_DOWN_POLICIES)}, not {cfg.acl_down_policy!r}")
     if cfg.default_intention_policy not in ("", "allow", "deny"):
         raise ConfigError(f'default_intention_policy: must be "allow" or "deny", not {cfg.default_intention_policy!r}')
     if cfg.connect_ca_provider != "consul":
@@ -533,6 +632,17 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
         except ProconsulError as err:
             raise ConfigError(f"connect.ca_config: {err}") from None
     return replace(cfg, node_id=cfg.node_id or _node_id(cfg))
+
+
+def _validate_tls(cfg: RuntimeConfig) -> None:
+    """Consul's tlsutil checks at startup: files load, and verification has a CA (and a cert) to work with."""
+    for name, pc in (("internal_rpc", cfg.tls_internal_rpc), ("https", cfg.tls_https)):
+        try:
+            tlsutil.check(pc)
+        except tlsutil.TLSConfigError as err:
+            raise ConfigError(f"tls.{name}: {err}") from None
+    if cfg.ports.https > 0 and not cfg.tls_https.has_cert:
+        raise ConfigError(f"ports.https: {cfg.ports.https} needs a certificate: set tls.defaults (or tls.https) cert_file and key_file")
 
 
 def _node_id(cfg: RuntimeConfig) -> str:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from proconsul.agent.version import __version__
+from proconsul.api import acl as acl_api
 from proconsul.api import agent as agent_api
 from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
 from proconsul.api import connect_ca as connect_ca_api
@@ -41,6 +42,7 @@ ROUTERS = (
     connect_ca_api.router,
     intentions_api.router,
     config_entries_api.router,
+    acl_api.router,
 )
 
 

@@ -8,6 +8,7 @@ from proconsul.server import errors as e
 # cluster, not the request, is at fault. Everything a user can cause is a 4xx here.
 _STATUS: list[tuple[type[e.ProconsulError], int]] = [
     (e.BadRequest, 400),  # StoreError included
+    (e.ACLDisabled, 401),  # Consul's checkACLDisabled; py-consul maps 401 to ACLDisabled
     (e.PermissionDenied, 403),
     (e.NotFound, 404),
     (e.TooLarge, 413),

@@ -294,6 +294,88 @@ class IntentionRequest:
     value: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ACLTokenRecord:
+    """Consul's structs.ACLToken as a command carries it: IDs, secret and CreateTime made by the leader;
+    policies and roles as IDs (names are resolved on read, so a rename cannot break a link)."""
+
+    accessor_id: str
+    secret_id: str
+    description: str = ""
+    policies: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    service_identities: list[dict[str, Any]] = field(default_factory=list)  # {"ServiceName", "Datacenters"?}
+    node_identities: list[dict[str, Any]] = field(default_factory=list)  # {"NodeName", "Datacenter"}
+    local: bool = False
+    auth_method: str = ""
+    expiration_time: str = ""  # RFC 3339; "" never expires
+    create_time: str = ""
+    hash: str = ""
+
+
+@dataclass
+class ACLPolicyRecord:
+    """Consul's structs.ACLPolicy as a command carries it (ID made by the leader, rules already validated)."""
+
+    id: str
+    name: str
+    description: str = ""
+    rules: str = ""
+    datacenters: list[str] | None = None
+    hash: str = ""
+
+
+@dataclass
+class ACLRoleRecord:
+    """Consul's structs.ACLRole as a command carries it; policies as IDs."""
+
+    id: str
+    name: str
+    description: str = ""
+    policies: list[str] = field(default_factory=list)
+    service_identities: list[dict[str, Any]] = field(default_factory=list)
+    node_identities: list[dict[str, Any]] = field(default_factory=list)
+    hash: str = ""
+
+
+@dataclass
+class ACLBootstrapRequest:
+    """Consul's structs.ACLTokenBootstrapRequest: the first management token, once (or again at ``reset_index``)."""
+
+    token: ACLTokenRecord
+    reset_index: int = 0
+
+
+ACL_OPS = ("set", "delete")
+
+
+@dataclass
+class ACLTokenRequest:
+    """Consul's ACLTokenBatchSetRequest / ACLTokenBatchDeleteRequest: ``tokens`` to set or ``ids`` (accessors) to delete."""
+
+    op: str
+    tokens: list[ACLTokenRecord] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ACLPolicyRequest:
+    """Consul's ACLPolicyBatchSetRequest / ACLPolicyBatchDeleteRequest."""
+
+    op: str
+    policies: list[ACLPolicyRecord] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ACLRoleRequest:
+    """Consul's ACLRoleBatchSetRequest / ACLRoleBatchDeleteRequest."""
+
+    op: str
+    roles: list[ACLRoleRecord] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -312,6 +394,10 @@ COMMAND_TYPES: dict[int, type] = {
     14: CALeafRequest,
     15: ConfigEntryRequest,
     16: IntentionRequest,
+    17: ACLBootstrapRequest,
+    18: ACLTokenRequest,
+    19: ACLPolicyRequest,
+    20: ACLRoleRequest,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 

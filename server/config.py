@@ -40,7 +40,14 @@ class ServerConfig:
     # intention matches (ACLs themselves arrive with their own issue).
     acl_enabled: bool = False
     acl_default_policy: str = "allow"
+    # acl.tokens.initial_management: the leader makes a management token with this secret (never in repr).
+    acl_initial_management: str = field(default="", repr=False)
+    acl_token_min_expiration_ttl: float = 60.0  # Consul's ACLTokenMinExpirationTTL
+    acl_token_max_expiration_ttl: float = 24 * 3600.0  # Consul's ACLTokenMaxExpirationTTL
     default_intention_policy: str = ""
+    # TLS on server RPC (tls.defaults overlaid with tls.internal_rpc); None or no cert: plain TCP.
+    tls_rpc: Any = None
+    domain: str = "consul"
 
     @property
     def rpc_addr(self) -> str:

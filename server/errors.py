@@ -35,6 +35,10 @@ class PermissionDenied(ProconsulError):
     """Permission denied"""
 
 
+class ACLDisabled(ProconsulError):
+    """ACL support disabled"""
+
+
 class TooLarge(ProconsulError):
     """Request entity too large."""
 
@@ -75,6 +79,7 @@ ERRORS: dict[str, type[ProconsulError]] = {
         StoreError,
         NotFound,
         PermissionDenied,
+        ACLDisabled,
         TooLarge,
         NoPathToDatacenter,
         NoLeaderError,

@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from proconsul.server.commands import (
+    ACLBootstrapRequest,
+    ACLPolicyRecord,
+    ACLPolicyRequest,
+    ACLRoleRecord,
+    ACLRoleRequest,
+    ACLTokenRecord,
+    ACLTokenRequest,
     BarrierRequest,
     CALeafRequest,
     CARequest,
@@ -42,6 +49,7 @@ from proconsul.server.errors import ProconsulError, StoreError
 from proconsul.server.snapshot import tables_from_wire
 from proconsul.server.shapes import health_check, service_instance
 from proconsul.server.state import DirEntry, Member, Node, PreparedQuery, Session, StateStore, TxnErrors, UserEvent
+from proconsul.server.state.acl import ACLPolicy, ACLRole, ACLToken
 from proconsul.server.state.ca import CAConfig, CARoot
 
 log = logging.getLogger("proconsul.fsm")
@@ -77,6 +85,10 @@ class FSM:
             CALeafRequest: self.apply_ca_leaf,
             ConfigEntryRequest: self.apply_config_entry,
             IntentionRequest: self.apply_intention,
+            ACLBootstrapRequest: self.apply_acl_bootstrap,
+            ACLTokenRequest: self.apply_acl_token,
+            ACLPolicyRequest: self.apply_acl_policy,
+            ACLRoleRequest: self.apply_acl_role,
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
@@ -234,3 +246,49 @@ class FSM:
     def apply_intention(self, req: IntentionRequest, index: int) -> None:
         """Consul's applyIntentionOperation (the config-entry flavour: IntentionMutation)."""
         self.state.intention_mutation(index, req.op, req.legacy_id, req.destination, req.source, dict(req.value))
+
+    def apply_acl_bootstrap(self, req: ACLBootstrapRequest, index: int) -> None:
+        """Consul's applyACLTokenBootstrap."""
+        self.state.acl_bootstrap(index, _acl_token(req.token), req.reset_index)
+
+    def apply_acl_token(self, req: ACLTokenRequest, index: int) -> None:
+        """Consul's applyACLTokenSetOperation / applyACLTokenDeleteOperation."""
+        if req.op == "set":
+            self.state.acl_token_set(index, [_acl_token(t) for t in req.tokens])
+        elif req.op == "delete":
+            self.state.acl_token_delete(index, list(req.ids))
+        else:
+            raise StoreError(f"Invalid ACL token operation '{req.op}'")
+
+    def apply_acl_policy(self, req: ACLPolicyRequest, index: int) -> None:
+        """Consul's applyACLPolicySetOperation / applyACLPolicyDeleteOperation."""
+        if req.op == "set":
+            self.state.acl_policy_set(index, [_acl_policy(p) for p in req.policies])
+        elif req.op == "delete":
+            self.state.acl_policy_delete(index, list(req.ids))
+        else:
+            raise StoreError(f"Invalid ACL policy operation '{req.op}'")
+
+    def apply_acl_role(self, req: ACLRoleRequest, index: int) -> None:
+        """Consul's applyACLRoleSetOperation / applyACLRoleDeleteOperation."""
+        if req.op == "set":
+            self.state.acl_role_set(index, [_acl_role(r) for r in req.roles])
+        elif req.op == "delete":
+            self.state.acl_role_delete(index, list(req.ids))
+        else:
+            raise StoreError(f"Invalid ACL role operation '{req.op}'")
+
+
+def _acl_token(r: ACLTokenRecord) -> ACLToken:
+    return ACLToken(
+        r.accessor_id, r.secret_id, r.description, tuple(r.policies), tuple(r.roles), tuple(r.service_identities),
+        tuple(r.node_identities), r.local, r.auth_method, r.expiration_time, r.create_time, r.hash,
+    )
+
+
+def _acl_policy(r: ACLPolicyRecord) -> ACLPolicy:
+    return ACLPolicy(r.id, r.name, r.description, r.rules, tuple(r.datacenters) if r.datacenters is not None else None, r.hash)
+
+
+def _acl_role(r: ACLRoleRecord) -> ACLRole:
+    return ACLRole(r.id, r.name, r.description, tuple(r.policies), tuple(r.service_identities), tuple(r.node_identities), r.hash)

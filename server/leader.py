@@ -5,8 +5,9 @@ proposed as a command and re-checked inside apply. Now: the first barrier
 (after which default-mode reads are safe on this leader), tombstone reaping
 (Consul's TombstoneGC: tombstones live ``tombstone_ttl``, reaped in batches
 every ``tombstone_granularity``), node liveness (``liveness.Liveness``) and
-session TTL timers (``sessions.SessionTimers``), and the Connect CA's bootstrap
-and root pruning (``ca_manager.CAManager.leader_loop``).
+session TTL timers (``sessions.SessionTimers``), the Connect CA's bootstrap
+and root pruning (``ca_manager.CAManager.leader_loop``), and ACL initialization
+(``acl.initialize_acls``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import time
 from typing import Any
 
+from proconsul.server.acl import acl_leader_loop
 from proconsul.server.commands import TombstoneRequest
 from proconsul.server.errors import ProconsulError
 
@@ -66,6 +68,9 @@ class LeaderDuties:
         srv.mark_consistent_ready()
         # Connect CA: bootstrap the root on first leadership, then prune rotated-out roots (Consul's CAManager).
         self._tasks.append(asyncio.create_task(srv.ca_manager.leader_loop(), name="leader-ca"))
+        if srv.config.acl_enabled:
+            # ACLs: the builtin policy, the anonymous token and the initial management token (Consul's initializeACLs).
+            self._tasks.append(asyncio.create_task(acl_leader_loop(srv, lambda: self.active), name="leader-acl"))
         # Tombstones written under earlier leaders: start their clock now, as Consul does.
         indexes = srv.state.tombstone_indexes()
         if indexes:

@@ -8,6 +8,14 @@ counts leader forwards and stops a request bouncing between servers that
 disagree about who leads.
 
 This port carries only JSON, never pickles; Raft traffic has its own port.
+
+TLS (Consul's RPCTLS): a server with a certificate takes TLS and plain TCP on
+the same port, told apart by the first byte (a TLS record starts with 0x16; a
+frame's length cannot, as frames stop at 256 MiB); with ``verify_incoming`` only
+TLS with a client certificate from the CA gets in. Clients dial TLS when
+``verify_outgoing`` is set (``RPCPool(ssl=...)``). ``server_only`` methods
+(membership) need a peer certificate naming ``server.<dc>.<domain>`` when the
+server checks server hostnames, so a client certificate cannot join as a server.
 """
 
 from __future__ import annotations
@@ -16,10 +24,15 @@ import asyncio
 import itertools
 import json
 import logging
+import socket
+import ssl
 import struct
+import weakref
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from proconsul.server.errors import ERRORS, ProconsulError, RPCError, RPCUnreachable
+from proconsul.server.errors import ERRORS, PermissionDenied, ProconsulError, RPCError, RPCUnreachable
+from proconsul.server.tls import is_server_cert, peer_dns_names
 
 log = logging.getLogger("proconsul.rpc")
 
@@ -27,6 +40,18 @@ MAX_FRAME = 256 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 Handler = Callable[[str, Any, int], Awaitable[Any]]
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+_TLS_RECORD_HANDSHAKE = 0x16
+
+
+@dataclass(frozen=True)
+class IncomingTLS:
+    """How the server port takes TLS: the context, whether plain TCP is refused, and whom server-only calls need."""
+
+    context: ssl.SSLContext
+    required: bool = False  # verify_incoming
+    server_name: str | None = None  # with verify_incoming and verify_server_hostname: server.<dc>.<domain>
 
 
 def _frame(obj: Any) -> bytes:
@@ -77,10 +102,18 @@ class _FrameProtocol(asyncio.Protocol):
 
 
 class _ServerProtocol(_FrameProtocol):
-    def __init__(self, handler: Handler, tasks: set) -> None:
+    def __init__(self, handler: Handler, tasks: set, server_only: frozenset[str] = frozenset(), server_name: str | None = None) -> None:
         super().__init__()
         self._handler = handler
         self._tasks = tasks
+        self._server_only = server_only
+        self._server_name = server_name
+        self._peer_names: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._server_name is not None:
+            self._peer_names = peer_dns_names(transport.get_extra_info("ssl_object"))
 
     def frame_received(self, msg: dict) -> None:
         task = asyncio.ensure_future(self._serve(msg))
@@ -93,6 +126,13 @@ class _ServerProtocol(_FrameProtocol):
             method = msg["m"]
             if not isinstance(method, str):
                 raise ProconsulError("malformed RPC request")
+            if method in self._server_only and self._server_name is not None:
+                if not is_server_cert(self._peer_names, self._server_name):
+                    peer = self.transport.get_extra_info("peername") if self.transport else None
+                    log.warning("refusing %s from %s: its certificate does not name %s", method, _fmt(peer), self._server_name)
+                    raise PermissionDenied(
+                        f"AuthorizeServerConn failed certificate validation for certificate with a SAN.DNSName of {self._server_name}"
+                    )
             result = await self._handler(method, msg.get("a"), int(msg.get("h", 0)))
             reply = {"id": call_id, "r": result}
         except ProconsulError as err:
@@ -108,23 +148,110 @@ class _ServerProtocol(_FrameProtocol):
 class RPCServer:
     """Listens on the server port and hands each call to ``handler(method, args, hops)``."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: IncomingTLS | None = None, server_only: frozenset[str] = frozenset()) -> None:
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set = set()
+        self._tls = tls
+        self._server_only = server_only
+        self._listener: socket.socket | None = None
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+
+    def _protocol(self) -> _ServerProtocol:
+        return _ServerProtocol(self._handler, self._tasks, self._server_only, self._tls.server_name if self._tls else None)
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerProtocol(self._handler, self._tasks), host, port, reuse_address=True
-        )
+        if self._tls is None:
+            self._server = await loop.create_server(self._protocol, host, port, reuse_address=True)
+            return
+        # TLS and plain TCP share the port, so each connection's first byte is read before asyncio takes it over.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._listener = sock
+        self._spawn(self._accept_loop(sock))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as err:
+                log.warning("accepting an RPC connection: %s", err)
+                await asyncio.sleep(0.1)
+                continue
+            self._spawn(self._accept(conn, peer))
+
+    async def _accept(self, conn: socket.socket, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        try:
+            first = await asyncio.wait_for(_peek(loop, conn), TLS_HANDSHAKE_TIMEOUT)
+            if not first:
+                conn.close()
+                return
+            use_tls = first[0] == _TLS_RECORD_HANDSHAKE
+            if not use_tls and self._tls.required:
+                log.warning("RPC connection from %s refused: Non-TLS connection attempted with VerifyIncoming set", _fmt(peer))
+                conn.close()
+                return
+            transport, _ = await loop.connect_accepted_socket(
+                self._protocol,
+                conn,
+                ssl=self._tls.context if use_tls else None,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if use_tls else None,
+            )
+            self._transports.add(transport)
+        except (OSError, asyncio.TimeoutError) as err:
+            log.warning("RPC connection from %s refused: TLS handshake failed: %s", _fmt(peer), str(err) or type(err).__name__)
+            conn.close()
+        except asyncio.CancelledError:  # stopping mid-handshake
+            conn.close()
+            raise
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
             self._server = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            for transport in list(self._transports):
+                transport.close()
+            self._transports.clear()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first byte on ``conn``, left in the socket for whoever reads next (b"" when the peer closed)."""
+    while True:
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        ready = loop.create_future()
+        loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            loop.remove_reader(conn.fileno())
+
+
+def _fmt(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
 class _ClientProtocol(_FrameProtocol):
@@ -147,18 +274,21 @@ class _ClientProtocol(_FrameProtocol):
         self._on_lost()
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(RPCError("connection to server lost"))
+                fut.set_exception(RPCError("connection to server lost" + (f": {exc}" if exc else "")))
         self.pending.clear()
 
 
 class RPCPool:
     """One multiplexed connection per server address, made on first use and remade after a loss."""
 
-    def __init__(self, connect_timeout: float = 2.0) -> None:
+    def __init__(self, connect_timeout: float = 2.0, ssl: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         self._conns: dict[str, _ClientProtocol] = {}
         self._connecting: dict[str, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._connect_timeout = connect_timeout
+        # verify_outgoing: TLS to every server; server_name is what its certificate must name (verify_server_hostname).
+        self._ssl = ssl
+        self._server_name = server_name
 
     async def _conn(self, addr: str) -> _ClientProtocol:
         conn = self._conns.get(addr)
@@ -172,9 +302,12 @@ class RPCPool:
         try:
             host, port = split_addr(addr)
             proto: _ClientProtocol
+            tls: dict[str, Any] = {}
+            if self._ssl is not None:
+                tls = {"ssl": self._ssl, "server_hostname": self._server_name or host}
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _ClientProtocol(lambda: self._conns.pop(addr, None)), host, port),
-                self._connect_timeout,
+                loop.create_connection(lambda: _ClientProtocol(lambda: self._conns.pop(addr, None)), host, port, **tls),
+                self._connect_timeout + (TLS_HANDSHAKE_TIMEOUT if tls else 0),
             )
             self._conns[addr] = proto
             fut.set_result(proto)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from proconsul.server import endpoints
 from proconsul.server.codec import from_wire, to_wire
+from proconsul.server.acl import ACLResolver
 from proconsul.server.ca_manager import CAManager
 from proconsul.server.config import ServerConfig
 from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacenter, NotReadyError, RPCUnreachable
@@ -27,7 +28,8 @@ from proconsul.server.liveness import Liveness
 from proconsul.server.sessions import LockDelays, SessionTimers
 from proconsul.server.membership import Membership
 from proconsul.server.raft import RaftNode, write_peers
-from proconsul.server.rpc import RPCPool, RPCServer
+from proconsul.server import tls
+from proconsul.server.rpc import IncomingTLS, RPCPool, RPCServer
 from proconsul.server.state import StateStore
 from proconsul.server.structs import QueryMeta, QueryOptions, QueryReply
 from proconsul.server.watch import WatchSet, fire_all
@@ -38,6 +40,9 @@ DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 # A forwarded request may bounce this many times between servers that disagree about the leader.
 MAX_HOPS = 3
+# Calls only a server makes (membership and Raft peers): with verify_server_hostname the caller's
+# certificate must name server.<dc>.<domain> (Consul's AuthorizeServerConn on server-to-server conns).
+SERVER_ONLY_METHODS = frozenset({"Server.Hello", "Server.AddRaftPeer"})
 
 
 class Server:
@@ -49,20 +54,34 @@ class Server:
         self.state = StateStore()
         self.fsm = FSM(self.state)
         self.raft: RaftNode | None = None
-        self.pool = RPCPool()
-        self.rpc = RPCServer(self.handle_rpc)
+        self.pool, self.rpc = self._rpc_transport(config)
         self.members = Membership(self)
         self.liveness = Liveness(self)
         self.session_timers = SessionTimers(self)
         self.lock_delays = LockDelays()
         self.leader_duties = LeaderDuties(self)
         self.ca_manager = CAManager(self)
+        self.acl = ACLResolver(self)  # secret -> token and authorizer, from this server's store
         self.loop: asyncio.AbstractEventLoop | None = None
         # The agent's telemetry registry (proconsul.agent.metrics.Metrics), when an agent hosts this server.
         self.metrics: Any = None
         self._leader_event = asyncio.Event()
         self._consistent_ready = False
         self._tasks: list[asyncio.Task] = []
+
+    def _rpc_transport(self, config: ServerConfig) -> tuple[RPCPool, RPCServer]:
+        """Server RPC's client pool and listener, with TLS as tls.internal_rpc says (Consul's tlsutil wrappers)."""
+        pc = config.tls_rpc
+        if pc is None:
+            return RPCPool(), RPCServer(self.handle_rpc)
+        name = tls.server_name(config.datacenter, config.domain)
+        incoming = tls.incoming_context(pc)
+        listen_tls = None
+        if incoming is not None:
+            authorize = name if pc.verify_incoming and pc.verify_server_hostname else None
+            listen_tls = IncomingTLS(incoming, required=pc.verify_incoming, server_name=authorize)
+        pool = RPCPool(ssl=tls.outgoing_context(pc), server_name=name if pc.verify_server_hostname else None)
+        return pool, RPCServer(self.handle_rpc, listen_tls, SERVER_ONLY_METHODS)
 
     # ------------------------------------------------------------- lifecycle
 

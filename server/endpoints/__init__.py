@@ -41,3 +41,4 @@ def load_all() -> None:
     )
     from proconsul.server.endpoints import connect_ca  # noqa: F401
     from proconsul.server.endpoints import config_entry, intention  # noqa: F401
+    from proconsul.server.endpoints import acl  # noqa: F401
