@@ -211,7 +211,9 @@ def test_allowed_then_denied_then_allowed(mesh: Mesh, pair: dict[str, Any]):
     mesh.intention("web", "db", "deny")
     denied_at = time.monotonic()
     eventually(lambda: not _reachable(up), timeout=5, what="the deny applies to new connections")
-    assert time.monotonic() - denied_at < 1.5  # the proxy's intentions are a blocking query away
+    took = time.monotonic() - denied_at
+    print(f"\ndeny intention written -> new connections refused: {took * 1000:.0f} ms")
+    assert took < 3.0  # a blocking query away (~10 ms here); the slack is for a loaded CI machine
     before = pair["db"].connections
     with pytest.raises(httpx.HTTPError):
         _get(up, "/after-deny")
@@ -428,7 +430,12 @@ def test_ca_rotation_during_a_live_stream(mesh: Mesh, tmp_path: Path):
 
 def test_metrics_per_proxy_and_upstream(mesh: Mesh, pair: dict[str, Any]):
     _get(pair["upstream"], "/count")
-    time.sleep(1.2)  # flushed every second
+
+    def counters() -> set[tuple[str, str, str]]:
+        return {(c["Name"], c["Labels"].get("proxy"), c["Labels"].get("listener")) for c in mesh.metrics()["Counters"]}
+
+    # Flushed into the agent's metrics once a second: wait for the upstream's bytes to show.
+    eventually(lambda: ("consul.proxy.bytes.in", "web-sidecar-proxy", "upstream:db") in counters(), what="flushed proxy metrics")
     data = mesh.metrics()
     counters = {(c["Name"], c["Labels"].get("proxy"), c["Labels"].get("listener")) for c in data["Counters"]}
     assert ("consul.proxy.connections.accepted", "db-sidecar-proxy", "inbound") in counters
@@ -484,8 +491,9 @@ def test_standalone_proxy_for_flags_and_for_a_registered_sidecar(mesh: Mesh, pai
     mesh.register({"Name": "hand", "Port": app.port, "Connect": {"SidecarService": {"Port": public, "Proxy": {"Config": {"managed": False}}}}})
     mesh.register({"Name": "handc", "Port": 1, "Connect": {"SidecarService": {"Port": free_ports(1)[0], "Proxy": {
         "Upstreams": [{"DestinationName": "hand", "LocalBindPort": upstream}]}}}})
-    time.sleep(1)
-    assert not _reachable(upstream)  # nobody runs hand's proxy yet
+    # handc's managed proxy listens on the upstream port, but nobody runs hand's proxy yet: no answer through it.
+    eventually(lambda: socket.create_connection(("127.0.0.1", upstream), timeout=1).close() or True, timeout=30, what="handc's upstream listener")
+    assert not _reachable(upstream)
     p = _proxy_cli(mesh.agent, "-sidecar-for", "hand")
     try:
         eventually(lambda: _reachable(upstream), timeout=30, what="the -sidecar-for proxy")
