@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from proconsul.server.acl import ACL_NOT_FOUND, Resolved, build_authorizer
+from proconsul.server.acl import ACL_NOT_FOUND, OPEN, Resolved, build_authorizer
 from proconsul.server.endpoints.acl import ACLResolveArgs
 from proconsul.server.errors import PermissionDenied, RPCError
 from proconsul.server.state.acl import ACLPolicy, ACLRole, ACLToken
@@ -82,3 +82,9 @@ async def resolve(agent: Any, secret: str) -> Resolved | None:
         cache.clear()
     cache[secret] = (now + cfg.acl_token_ttl, resolved)
     return resolved
+
+
+async def caller(agent: Any, secret: str) -> Resolved:
+    """Who is calling this agent's endpoints: ``OPEN`` (everything allowed) with ACLs disabled."""
+    resolved = await resolve(agent, secret)
+    return OPEN if resolved is None else resolved

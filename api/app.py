@@ -21,6 +21,7 @@ from proconsul.api import intentions as intentions_api
 from proconsul.api import event as event_api
 from proconsul.api import query as query_api
 from proconsul.api.common import reply_response
+from proconsul.api.headers import common_headers
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
 from proconsul.api.lean import App, LeanRoute, Reply, text_reply
@@ -111,4 +112,5 @@ def build_app(agent: Any) -> App:
         return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
-    return App(api, lean, getattr(agent, "metrics", None))
+    common = common_headers(agent.config.acl_default_policy if agent.config.acl_enabled else "allow")
+    return App(api, lean, getattr(agent, "metrics", None), common)

@@ -102,8 +102,8 @@ def text_reply(status: int, text: str | bytes, headers: Headers | None = None) -
     return Reply(status, body, [TEXT, *(headers or [])] if body else list(headers or []))
 
 
-async def send_reply(send: Callable[[dict], Awaitable[None]], reply: Reply) -> None:
-    headers = [*COMMON, *reply.headers, (b"content-length", str(len(reply.body)).encode())]
+async def send_reply(send: Callable[[dict], Awaitable[None]], reply: Reply, common: Headers = COMMON) -> None:
+    headers = [*common, *reply.headers, (b"content-length", str(len(reply.body)).encode())]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 
@@ -118,7 +118,7 @@ class LeanRoute:
     openapi_path: str
     openapi: dict[str, Any]
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
         req = LeanRequest(scope, receive)
         if req.method == "OPTIONS":
             reply = Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
@@ -132,16 +132,17 @@ class LeanRoute:
             except Exception:
                 log.exception("%s %s failed", req.method, req.path)
                 reply = text_reply(500, "An unexpected error occurred")
-        await send_reply(send, reply)
+        await send_reply(send, reply, common)
 
 
 class App:
     """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
 
-    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None) -> None:
+    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON) -> None:
         self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
         self.metrics = metrics
+        self.common = common
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -154,12 +155,12 @@ class App:
             for prefix, route in self.lean:
                 if path.startswith(prefix):
                     route_name = route.openapi_path
-                    await route(scope, receive, send)
+                    await route(scope, receive, send, self.common)
                     return
 
             async def send_with_common_headers(message: dict) -> None:
                 if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*COMMON, *message.get("headers", [])]}
+                    message = {**message, "headers": [*self.common, *message.get("headers", [])]}
                 await send(message)
 
             await self.fastapi_app(scope, receive, send_with_common_headers)

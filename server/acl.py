@@ -238,6 +238,16 @@ class Resolved:
     accessor_id: str
     authorizer: Authorizer
 
+    @property
+    def unrestricted(self) -> bool:
+        """Everything is allowed (ACLs disabled, or a management token): filters can be skipped."""
+        return self.authorizer is acl_authz.MANAGEMENT
+
+    def require(self, allowed: bool, resource: str, level: str, name: str = "") -> None:
+        """Raise Consul's 403 for this identity unless ``allowed`` (the result of an authorizer check)."""
+        if not allowed:
+            raise self.denied(resource, level, name)
+
     def denied(self, resource: str, level: str, name: str = "") -> PermissionDenied:
         """Consul's PermissionDeniedByACL message for this identity (``name``: the object refused, if any)."""
         on = f' on "{name}"' if name else ""
@@ -249,6 +259,16 @@ class Resolved:
         return PermissionDenied(f"Permission denied: token with AccessorID '{self.accessor_id}' lacks permission '{resource}:{level}'{on}")
 
 
+# The caller when ACLs are disabled: everything is allowed (Consul without ACLs).
+OPEN = Resolved(None, "", acl_authz.MANAGEMENT)
+
+
+def keep(items: list, allowed: Any) -> tuple[list, bool]:
+    """``items`` the caller may see (``allowed(item)``) and whether any were dropped (Consul's ACL filters)."""
+    kept = [x for x in items if allowed(x)]
+    return kept, len(kept) != len(items)
+
+
 class ACLResolver:
     """Secret -> Resolved from a server's own store, cached until an ACL table's index moves."""
 
@@ -258,6 +278,12 @@ class ACLResolver:
         self.srv = srv
         self._cache: dict[str, Resolved] = {}
         self._cache_index = -1
+
+    def caller(self, secret: str) -> Resolved:
+        """Who is calling a server endpoint: ``OPEN`` with ACLs disabled, else ``resolve(secret)``."""
+        if not self.srv.config.acl_enabled:
+            return OPEN
+        return self.resolve(secret)
 
     def resolve(self, secret: str) -> Resolved:
         """Consul's ResolveToken: raises PermissionDenied("ACL not found") for an unknown or expired secret."""

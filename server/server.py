@@ -240,13 +240,18 @@ class Server:
         opts: QueryOptions,
         query: Callable[[WatchSet | None], tuple[int, Any]],
         shape: Callable[[Any], Any] = lambda v: v,
+        acl_filter: Callable[[Any], tuple[Any, bool]] | None = None,
     ) -> QueryReply:
-        """Consul's blockingQuery: run ``query``; with ``?index`` wait until its index passes it, or the jittered wait."""
+        """Consul's blockingQuery: run ``query``; with ``?index`` wait until its index passes it, or the jittered wait.
+
+        ``acl_filter(value) -> (value, dropped)`` removes what the caller may not read before ``shape``;
+        when it dropped something the reply's meta says so (X-Consul-Results-Filtered-By-ACLs).
+        """
         if opts.consistent:
             await self.raft.barrier()
         if not opts.index:
             index, value = query(None)
-            return QueryReply(self.query_meta(index, opts), shape(value))
+            return self._query_reply(index, value, opts, shape, acl_filter)
         loop = asyncio.get_running_loop()
         wait = opts.wait if opts.wait > 0 else DEFAULT_WAIT
         wait = min(wait, MAX_WAIT)
@@ -269,7 +274,13 @@ class Server:
                 break
             if opts.consistent:
                 await self.raft.barrier()
-        return QueryReply(self.query_meta(index, opts), shape(value))
+        return self._query_reply(index, value, opts, shape, acl_filter)
+
+    def _query_reply(self, index: int, value: Any, opts: QueryOptions, shape: Callable, acl_filter: Callable | None) -> QueryReply:
+        meta = self.query_meta(index, opts)
+        if acl_filter is not None:
+            value, meta.filtered = acl_filter(value)
+        return QueryReply(meta, shape(value))
 
     # ------------------------------------------------------------- dispatch
 

@@ -33,6 +33,7 @@ class QueryMeta:
     last_contact_ms: int = 0
     known_leader: bool = True
     consistency: str = "leader"
+    filtered: bool = False  # X-Consul-Results-Filtered-By-ACLs
 
 
 @dataclass

@@ -6,6 +6,7 @@ import base64
 import time
 from typing import Any
 
+from proconsul.server.acl import keep
 from proconsul.server.commands import KV_OPS
 from proconsul.server.endpoints import endpoint
 from proconsul.server.errors import BadRequest
@@ -52,6 +53,11 @@ async def kvs_apply(srv: Any, args: KVSApply, hops: int) -> bool:
         raise BadRequest(f"Invalid KVS operation '{req.op}'")
     if not req.key and req.op != "delete-tree":
         raise BadRequest("Must provide key")
+    caller = srv.acl.caller(args.token)
+    if req.op == "delete-tree":
+        caller.require(caller.authorizer.key_write_prefix(req.key), "key", "write", req.key)
+    else:
+        caller.require(caller.authorizer.key_write(req.key), "key", "write", req.key)
     if req.op == "lock" and srv.lock_delays.active(req.key):
         # Lock-delay runs on the leader's wall clock, so it is checked before Raft (Consul's kvsPreApply).
         return False
@@ -65,6 +71,8 @@ async def kvs_get(srv: Any, args: KeyRequest, hops: int) -> QueryReply:
     if done:
         return result
     key, state = args.key, srv.state
+    caller = srv.acl.caller(args.opts.token)
+    caller.require(caller.authorizer.key_read(key), "key", "read", key)
     return await srv.blocking_query(
         args.opts, lambda ws: state.kv_get(key, ws), lambda e: [entry_json(e)] if e is not None else []
     )
@@ -77,8 +85,10 @@ async def kvs_list(srv: Any, args: KeyRequest, hops: int) -> QueryReply:
     if done:
         return result
     prefix, state = args.key, srv.state
+    caller = srv.acl.caller(args.opts.token)
+    readable = None if caller.unrestricted else lambda entries: keep(entries, lambda e: caller.authorizer.key_read(e.key))
     return await srv.blocking_query(
-        args.opts, lambda ws: state.kv_list(prefix, ws), lambda entries: [entry_json(e) for e in entries]
+        args.opts, lambda ws: state.kv_list(prefix, ws), lambda entries: [entry_json(e) for e in entries], readable
     )
 
 
@@ -89,4 +99,6 @@ async def kvs_list_keys(srv: Any, args: KeyListRequest, hops: int) -> QueryReply
     if done:
         return result
     prefix, sep, state = args.prefix, args.separator, srv.state
-    return await srv.blocking_query(args.opts, lambda ws: state.kv_keys(prefix, sep, ws))
+    caller = srv.acl.caller(args.opts.token)
+    readable = None if caller.unrestricted else lambda keys: keep(keys, caller.authorizer.key_read)
+    return await srv.blocking_query(args.opts, lambda ws: state.kv_keys(prefix, sep, ws), acl_filter=readable)
