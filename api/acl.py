@@ -284,6 +284,29 @@ async def acl_token_clone(request: Request, accessor_id: str) -> Response:
     return json_response(request, await agent_of(request).rpc("ACL.TokenClone", ACLTokenSetArgs(t, True, opts.datacenter, opts.token)))
 
 
+async def _write(request: Request, method: str, args_type: Any, obj: Any) -> Response:
+    """An ACL write RPC with the request's datacenter and token; its result as JSON."""
+    opts = _opts(request)
+    return json_response(request, await agent_of(request).rpc(method, args_type(obj, opts.datacenter, opts.token)))
+
+
+async def _read_one(request: Request, method: str, kind: str, id: str = "", name: str | None = None) -> Response:
+    """One policy or role by ID or by name (Consul's "Requested <kind> does not exist" 403 when absent)."""
+    _enabled(request)
+    if name is not None and not name:
+        raise BadRequest(f"Missing {kind} Name")
+    args = ACLObjectReadArgs(id=id, name=name or "", opts=_opts(request))
+    return await _read(request, method, args, f"Requested {kind} does not exist: ACL not found")
+
+
+def _url_id(obj: Any, url_id: str, kind: str) -> Any:
+    """The object an update names: the URL's ID, which a payload ID must match."""
+    if obj.id and obj.id != url_id:
+        raise BadRequest(f"{kind} ID in URL and payload do not match")
+    obj.id = url_id
+    return obj
+
+
 # ---------------------------------------------------------------- policies
 
 
@@ -299,42 +322,30 @@ async def acl_policy_create(request: Request) -> Response:
     p = parse_policy_body(await _body(request, "Policy decoding failed"))
     if p.id:
         raise BadRequest("Cannot specify the ID when creating a new policy")
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.PolicySet", ACLPolicySetArgs(p, opts.datacenter, opts.token)))
+    return await _write(request, "ACL.PolicySet", ACLPolicySetArgs, p)
 
 
 @router.get("/v1/acl/policy/name/{name}", summary="One policy by name", openapi_extra={"parameters": _READ})
 async def acl_policy_read_by_name(request: Request, name: str) -> Response:
-    _enabled(request)
-    if not name:
-        raise BadRequest("Missing policy Name")
-    args = ACLObjectReadArgs(name=name, opts=_opts(request))
-    return await _read(request, "ACL.PolicyRead", args, "Requested policy does not exist: ACL not found")
+    return await _read_one(request, "ACL.PolicyRead", "policy", name=name)
 
 
 @router.get("/v1/acl/policy/{policy_id}", summary="One policy by ID", openapi_extra={"parameters": _READ})
 async def acl_policy_read(request: Request, policy_id: str) -> Response:
-    _enabled(request)
-    args = ACLObjectReadArgs(id=policy_id, opts=_opts(request))
-    return await _read(request, "ACL.PolicyRead", args, "Requested policy does not exist: ACL not found")
+    return await _read_one(request, "ACL.PolicyRead", "policy", id=policy_id)
 
 
 @router.put("/v1/acl/policy/{policy_id}", summary="Update a policy", openapi_extra={"parameters": [DC, TOKEN], "requestBody": _BODY})
 async def acl_policy_update(request: Request, policy_id: str) -> Response:
     _enabled(request)
-    p = parse_policy_body(await _body(request, "Policy decoding failed"))
-    if p.id and p.id != policy_id:
-        raise BadRequest("Policy ID in URL and payload do not match")
-    p.id = policy_id
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.PolicySet", ACLPolicySetArgs(p, opts.datacenter, opts.token)))
+    p = _url_id(parse_policy_body(await _body(request, "Policy decoding failed")), policy_id, "Policy")
+    return await _write(request, "ACL.PolicySet", ACLPolicySetArgs, p)
 
 
 @router.delete("/v1/acl/policy/{policy_id}", summary="Delete a policy", openapi_extra={"parameters": [DC, TOKEN]})
 async def acl_policy_delete(request: Request, policy_id: str) -> Response:
     _enabled(request)
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.PolicyDelete", ACLDeleteArgs(policy_id, opts.datacenter, opts.token)))
+    return await _write(request, "ACL.PolicyDelete", ACLDeleteArgs, policy_id)
 
 
 # ---------------------------------------------------------------- roles
@@ -352,39 +363,27 @@ async def acl_role_create(request: Request) -> Response:
     r = parse_role_body(await _body(request, "Role decoding failed"))
     if r.id:
         raise BadRequest("Role ID in URL and payload do not match")
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.RoleSet", ACLRoleSetArgs(r, opts.datacenter, opts.token)))
+    return await _write(request, "ACL.RoleSet", ACLRoleSetArgs, r)
 
 
 @router.get("/v1/acl/role/name/{name}", summary="One role by name", openapi_extra={"parameters": _READ})
 async def acl_role_read_by_name(request: Request, name: str) -> Response:
-    _enabled(request)
-    if not name:
-        raise BadRequest("Missing role Name")
-    args = ACLObjectReadArgs(name=name, opts=_opts(request))
-    return await _read(request, "ACL.RoleRead", args, "Requested role does not exist: ACL not found")
+    return await _read_one(request, "ACL.RoleRead", "role", name=name)
 
 
 @router.get("/v1/acl/role/{role_id}", summary="One role by ID", openapi_extra={"parameters": _READ})
 async def acl_role_read(request: Request, role_id: str) -> Response:
-    _enabled(request)
-    args = ACLObjectReadArgs(id=role_id, opts=_opts(request))
-    return await _read(request, "ACL.RoleRead", args, "Requested role does not exist: ACL not found")
+    return await _read_one(request, "ACL.RoleRead", "role", id=role_id)
 
 
 @router.put("/v1/acl/role/{role_id}", summary="Update a role", openapi_extra={"parameters": [DC, TOKEN], "requestBody": _BODY})
 async def acl_role_update(request: Request, role_id: str) -> Response:
     _enabled(request)
-    r = parse_role_body(await _body(request, "Role decoding failed"))
-    if r.id and r.id != role_id:
-        raise BadRequest("Role ID in URL and payload do not match")
-    r.id = role_id
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.RoleSet", ACLRoleSetArgs(r, opts.datacenter, opts.token)))
+    r = _url_id(parse_role_body(await _body(request, "Role decoding failed")), role_id, "Role")
+    return await _write(request, "ACL.RoleSet", ACLRoleSetArgs, r)
 
 
 @router.delete("/v1/acl/role/{role_id}", summary="Delete a role", openapi_extra={"parameters": [DC, TOKEN]})
 async def acl_role_delete(request: Request, role_id: str) -> Response:
     _enabled(request)
-    opts = _opts(request)
-    return json_response(request, await agent_of(request).rpc("ACL.RoleDelete", ACLDeleteArgs(role_id, opts.datacenter, opts.token)))
+    return await _write(request, "ACL.RoleDelete", ACLDeleteArgs, role_id)

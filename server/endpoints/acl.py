@@ -173,6 +173,32 @@ def _enabled(srv: Any) -> None:
         raise ACLDisabled("ACL support disabled")
 
 
+async def _acl_read(srv: Any, method: str, args: Any, hops: int, query: Any, shape: Any) -> QueryReply:
+    """Every ACL object read: ACLs on, forwarded as the read mode says, acl:read, a blocking query."""
+    _enabled(srv)
+    done, result = await srv.forward_read(method, args, args.opts, hops)
+    if done:
+        return result
+    _authorize(srv, args.opts.token, "read")
+    return await srv.blocking_query(args.opts, query, shape)
+
+
+async def _acl_delete(srv: Any, method: str, args: Any, hops: int, get: Any, kind: str, request_type: Any, check: Any = None) -> bool:
+    """Delete a policy or role on the leader (acl:write); ``check(obj)`` may refuse, as for builtin objects."""
+    _enabled(srv)
+    done, result = await srv.forward(method, args, args.datacenter, hops)
+    if done:
+        return result
+    _authorize(srv, args.token, "write")
+    _, obj = get(args.id)
+    if obj is None:
+        raise NotFound(f"Cannot find {kind} to delete")
+    if check is not None:
+        check(obj)
+    await propose(srv, request_type("delete", ids=[args.id]))
+    return True
+
+
 def _authorize(srv: Any, secret: str, level: str) -> acls.Resolved:
     """Resolve the caller's token and require acl:<level> (Consul's ResolveTokenAndDefaultMeta + ACLRead/ACLWrite)."""
     resolved = srv.acl.resolve(secret)
@@ -564,31 +590,20 @@ async def acl_policy_set(srv: Any, args: ACLPolicySetArgs, hops: int) -> dict[st
 @endpoint("ACL.PolicyRead", ACLObjectReadArgs, QueryReply)
 async def acl_policy_read(srv: Any, args: ACLObjectReadArgs, hops: int) -> QueryReply:
     """One policy by ID or name (acl:read); None when missing."""
-    _enabled(srv)
-    done, result = await srv.forward_read("ACL.PolicyRead", args, args.opts, hops)
-    if done:
-        return result
-    _authorize(srv, args.opts.token, "read")
-    return await srv.blocking_query(
-        args.opts, lambda ws: srv.state.acl_policy_get(args.id, args.name, ws), lambda p: acls.policy_json(p) if p is not None else None
+    return await _acl_read(
+        srv, "ACL.PolicyRead", args, hops,
+        lambda ws: srv.state.acl_policy_get(args.id, args.name, ws), lambda p: acls.policy_json(p) if p is not None else None,
     )
 
 
 @endpoint("ACL.PolicyDelete", ACLDeleteArgs)
 async def acl_policy_delete(srv: Any, args: ACLDeleteArgs, hops: int) -> bool:
     """Delete a policy (not the builtin one); links to it stop granting anything."""
-    _enabled(srv)
-    done, result = await srv.forward("ACL.PolicyDelete", args, args.datacenter, hops)
-    if done:
-        return result
-    _authorize(srv, args.token, "write")
-    _, policy = srv.state.acl_policy_get(args.id)
-    if policy is None:
-        raise NotFound("Cannot find policy to delete")
-    if policy.id == GLOBAL_MANAGEMENT_ID:
-        raise BadRequest("Delete operation not permitted on the builtin global-management policy")
-    await propose(srv, ACLPolicyRequest("delete", ids=[args.id]))
-    return True
+    def deletable(policy: Any) -> None:
+        if policy.id == GLOBAL_MANAGEMENT_ID:
+            raise BadRequest("Delete operation not permitted on the builtin global-management policy")
+
+    return await _acl_delete(srv, "ACL.PolicyDelete", args, hops, srv.state.acl_policy_get, "policy", ACLPolicyRequest, deletable)
 
 
 @endpoint("ACL.PolicyList", ACLObjectReadArgs, QueryReply)
@@ -647,29 +662,16 @@ async def acl_role_set(srv: Any, args: ACLRoleSetArgs, hops: int) -> dict[str, A
 @endpoint("ACL.RoleRead", ACLObjectReadArgs, QueryReply)
 async def acl_role_read(srv: Any, args: ACLObjectReadArgs, hops: int) -> QueryReply:
     """One role by ID or name (acl:read); None when missing."""
-    _enabled(srv)
-    done, result = await srv.forward_read("ACL.RoleRead", args, args.opts, hops)
-    if done:
-        return result
-    _authorize(srv, args.opts.token, "read")
-    return await srv.blocking_query(
-        args.opts, lambda ws: srv.state.acl_role_get(args.id, args.name, ws), lambda v: acls.role_json(v) if v is not None else None
+    return await _acl_read(
+        srv, "ACL.RoleRead", args, hops,
+        lambda ws: srv.state.acl_role_get(args.id, args.name, ws), lambda v: acls.role_json(v) if v is not None else None,
     )
 
 
 @endpoint("ACL.RoleDelete", ACLDeleteArgs)
 async def acl_role_delete(srv: Any, args: ACLDeleteArgs, hops: int) -> bool:
     """Delete a role; tokens linking it stop getting its policies."""
-    _enabled(srv)
-    done, result = await srv.forward("ACL.RoleDelete", args, args.datacenter, hops)
-    if done:
-        return result
-    _authorize(srv, args.token, "write")
-    _, view = srv.state.acl_role_get(args.id)
-    if view is None:
-        raise NotFound("Cannot find role to delete")
-    await propose(srv, ACLRoleRequest("delete", ids=[args.id]))
-    return True
+    return await _acl_delete(srv, "ACL.RoleDelete", args, hops, srv.state.acl_role_get, "role", ACLRoleRequest)
 
 
 @endpoint("ACL.RoleList", ACLObjectReadArgs, QueryReply)
