@@ -24,7 +24,7 @@ from proconsul.api.common import reply_response
 from proconsul.api.headers import common_headers
 from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
-from proconsul.api.lean import App, LeanRoute, Reply, text_reply
+from proconsul.api.lean import MAX_BODY, App, LeanRoute, Reply, text_reply
 from proconsul.server.errors import ProconsulError
 
 
@@ -113,4 +113,6 @@ def build_app(agent: Any) -> App:
 
     api.openapi = openapi  # type: ignore[method-assign]
     common = common_headers(agent.config.acl_default_policy if agent.config.acl_enabled else "allow")
-    return App(api, lean, getattr(agent, "metrics", None), common)
+    cfg = agent.config
+    max_body = max(MAX_BODY, cfg.kv_max_value_size, cfg.txn_max_req_len)
+    return App(api, lean, getattr(agent, "metrics", None), common, max_body, {"/v1/snapshot": snapshot.MAX_SNAPSHOT})

@@ -24,6 +24,7 @@ from proconsul.server.errors import ProconsulError, TooLarge
 log = logging.getLogger("proconsul.http")
 
 Headers = list[tuple[bytes, bytes]]
+MAX_BODY = 4 * 1024 * 1024  # the largest body any non-snapshot endpoint takes (catalog, queries)
 
 
 class LeanRequest:
@@ -138,11 +139,16 @@ class LeanRoute:
 class App:
     """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
 
-    def __init__(self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON) -> None:
+    def __init__(
+        self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
+        max_body: int = MAX_BODY, large_bodies: dict[str, int] | None = None,
+    ) -> None:
         self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
         self.metrics = metrics
         self.common = common
+        self.max_body = max_body  # any request declaring more is refused before routing
+        self.large_bodies = large_bodies or {}  # path -> its own, larger limit (snapshot restore)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -158,6 +164,11 @@ class App:
                     await route(scope, receive, send, self.common)
                     return
 
+            refusal = self._too_large(scope)
+            if refusal is not None:
+                await send_reply(send, text_reply(413, refusal), self.common)
+                return
+
             async def send_with_common_headers(message: dict) -> None:
                 if message["type"] == "http.response.start":
                     message = {**message, "headers": [*self.common, *message.get("headers", [])]}
@@ -172,3 +183,14 @@ class App:
                 self.metrics.observe(
                     "api.http", (time.perf_counter() - started) * 1000.0, {"method": scope["method"], "path": route_name}
                 )
+
+    def _too_large(self, scope: dict) -> str | None:
+        """The refusal for a request whose declared body is past the limit (bodies that declare no length
+        are bounded by each endpoint as it reads them)."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                limit = self.large_bodies.get(scope["path"], self.max_body)
+                if value.isdigit() and int(value) > limit:
+                    return f"Request body too large: {int(value)} bytes, max {limit}"
+                return None
+        return None
