@@ -8,6 +8,11 @@ a health change reaches DNS within one round trip, and answering costs no
 server round trip once warm. An entry nobody asks about for ``cache_max_age``
 stops its watcher and is dropped. When the servers cannot be reached, entries
 keep their last value: a partitioned client agent keeps answering.
+
+Every read carries ``token()`` (the agent's ``acl.tokens.default``, empty for
+anonymous, as Consul's DNS uses the agent's default token), so the servers
+filter the answer by ACL: what the token may not read is not there, and a name
+with nothing readable is NXDOMAIN.
 """
 
 from __future__ import annotations
@@ -50,8 +55,10 @@ class CatalogCache:
         metrics: Any = None,
         allow_stale: bool = True,
         max_stale: float = 87600 * 3600.0,
+        token: Callable[[], str] | None = None,
     ) -> None:
         self._rpc = rpc
+        self.token = token  # None until set: reads go out anonymous
         self._max_age = max_age
         self._metrics = metrics
         self._allow_stale = allow_stale
@@ -71,7 +78,8 @@ class CatalogCache:
         return reply.meta.index, reply.value
 
     async def _read(self, kind: str, name: str, index: int, stale: bool) -> Any:
-        opts = QueryOptions(stale=stale, index=index, wait=BLOCK_WAIT if index else 0.0)
+        token = self.token() if self.token is not None else ""
+        opts = QueryOptions(token=token, stale=stale, index=index, wait=BLOCK_WAIT if index else 0.0)
         if kind == "node":
             return await self._rpc("Catalog.NodeServices", CatalogQuery(name=name, opts=opts))
         return await self._rpc("Health.ServiceNodes", CatalogQuery(name=name, connect=kind == "connect", opts=opts))

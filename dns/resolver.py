@@ -52,6 +52,9 @@ class Resolver:
     def __init__(self, config: Any, cache: CatalogCache, advertise: str, query: Callable[[str], Awaitable[Any]] | None = None) -> None:
         self.config = config
         self.cache = cache
+        if cache.token is None:
+            # Consul's DNS reads with the agent's default token (acl.tokens.default; empty is anonymous).
+            cache.token = lambda: config.acl_token_default
         self.dc = config.datacenter.lower()
         self.domains = [tuple(d.rstrip(".").split(".")) for d in (config.domain, config.alt_domain) if d]
         self._advertise = advertise

@@ -19,8 +19,10 @@ from proconsul.server.structs import (
 
 @endpoint("Internal.StateChecksum", DatacenterRequest)
 async def state_checksum(srv: Any, args: DatacenterRequest, hops: int) -> dict[str, Any]:
-    """sha256 of this server's whole state in canonical order, to compare replicas (always local)."""
+    """sha256 of this server's whole state in canonical order, to compare replicas (always local); operator:read."""
     srv.check_datacenter(args.opts.datacenter)
+    caller = srv.acl.caller(args.opts.token)
+    caller.require(caller.authorizer.operator_read(), "operator", "read")
     index, digest = srv.state.checksum()
     applied = srv.raft.applied_index() if srv.raft is not None else 0
     return {"Index": index, "AppliedIndex": applied, "Checksum": digest}
