@@ -115,4 +115,5 @@ def build_app(agent: Any) -> App:
     common = common_headers(agent.config.acl_default_policy if agent.config.acl_enabled else "allow")
     cfg = agent.config
     max_body = max(MAX_BODY, cfg.kv_max_value_size, cfg.txn_max_req_len)
-    return App(api, lean, getattr(agent, "metrics", None), common, max_body, {"/v1/snapshot": snapshot.MAX_SNAPSHOT})
+    default_token = (lambda: agent.config.acl_token_default) if cfg.acl_enabled else None
+    return App(api, lean, getattr(agent, "metrics", None), common, max_body, {"/v1/snapshot": snapshot.MAX_SNAPSHOT}, default_token)

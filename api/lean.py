@@ -136,12 +136,23 @@ class LeanRoute:
         await send_reply(send, reply, common)
 
 
+_TOKEN_HEADERS = (b"x-consul-token", b"authorization")
+
+
+def with_default_token(scope: dict, token: str) -> dict:
+    """The request as Consul's agent sees it: without a token of its own, it carries acl.tokens.default."""
+    if not token or b"token=" in scope["query_string"] or any(k in _TOKEN_HEADERS for k, _ in scope["headers"]):
+        return scope
+    return {**scope, "headers": [*scope["headers"], (b"x-consul-token", token.encode("latin-1"))]}
+
+
 class App:
     """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
 
     def __init__(
         self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
         max_body: int = MAX_BODY, large_bodies: dict[str, int] | None = None,
+        default_token: Callable[[], str] | None = None,
     ) -> None:
         self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
@@ -149,12 +160,15 @@ class App:
         self.common = common
         self.max_body = max_body  # any request declaring more is refused before routing
         self.large_bodies = large_bodies or {}  # path -> its own, larger limit (snapshot restore)
+        self.default_token = default_token  # with ACLs on: acl.tokens.default, for requests that carry none
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.fastapi_app(scope, receive, send)
             return
         started = time.perf_counter()
+        if self.default_token is not None:
+            scope = with_default_token(scope, self.default_token())
         path = scope["path"]
         route_name = None
         try:

@@ -132,8 +132,15 @@ class AgentProc:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The token this agent's own config makes all-powerful (ACLs on): initial_management or agent_recovery."""
+        tokens = (self.config.get("acl") or {}).get("tokens") or {}
+        token = tokens.get("initial_management") or tokens.get("agent_recovery")
+        return {"X-Consul-Token": token} if token else {}
+
     def raft_stats(self) -> dict[str, str]:
-        return self.http.get("/v1/agent/self").json()["Stats"]["raft"]
+        return self.http.get("/v1/agent/self", headers=self.admin_headers).json()["Stats"]["raft"]
 
     def leader(self) -> str:
         return self.http.get("/v1/status/leader").json()
@@ -144,8 +151,10 @@ class AgentProc:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if not self.config.get("server", False) and "-dev" not in (self.proc.args or []):
                 # A client is ready once the servers list it as a live member.
-                members = self.http.get("/v1/agent/members").json()
+                members = self.http.get("/v1/agent/members", headers=self.admin_headers).json()
                 return any(m["Name"] == self.name and m["Status"] == 1 for m in members)
+            if (self.config.get("acl") or {}).get("enabled") and not self.admin_headers:
+                return bool(self.leader())  # nothing here may read /v1/agent/self yet (bootstrap tests)
             return bool(self.leader()) and int(self.raft_stats().get("applied_index", "0")) >= 2
 
         eventually(ready, timeout, what=f"{self.name} ready")
