@@ -23,15 +23,17 @@ from starlette.responses import Response
 
 from proconsul.agent.watch import id_to_index
 from proconsul.api.common import CONSISTENT, DC, STALE, TOKEN, agent_of, is_pretty, json_response, opts_of, param, query_of, reply_response
+from proconsul.api.headers import FILTERED
 from proconsul.api.lean import json_reply, read_limited
 from proconsul.api.params import first, token_from
 from proconsul.server.commands import EventFireRequest
 from proconsul.server.endpoints.event import EventFireArgs, EventQuery, filter_regexp
-from proconsul.server.errors import BadRequest
+from proconsul.server.errors import BadRequest, PermissionDenied
 from proconsul.server.structs import QueryOptions
 
 router = APIRouter(tags=["event"])
 
+PERMISSION_DENIED = "Permission denied"  # acl.ErrPermissionDenied
 MAX_BODY = 64 * 1024  # anything near this is far past serf's 512-byte event limit anyway
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -62,8 +64,9 @@ def accepts(event: dict[str, Any], node_name: str, services: Iterable[Any]) -> b
     return True
 
 
-async def agent_events(agent: Any, name: str, opts: QueryOptions) -> tuple[int, list[dict[str, Any]]]:
-    """The events this agent takes and their index; with ``opts.index`` equal to it, wait for a fire first."""
+async def agent_events(agent: Any, name: str, opts: QueryOptions) -> tuple[int, list[dict[str, Any]], bool]:
+    """The events this agent takes and their index, and whether ACLs hid some (the servers drop events the
+    token may not read); with ``opts.index`` equal to the index, wait for a fire first."""
     loop = asyncio.get_running_loop()
     wait = min(opts.wait if opts.wait > 0 else DEFAULT_WAIT, MAX_WAIT)
     deadline = loop.time() + wait
@@ -87,7 +90,7 @@ async def agent_events(agent: Any, name: str, opts: QueryOptions) -> tuple[int, 
         # Consul waits only while the index equals ?index exactly: it is a hash, not a position.
         remaining = deadline - loop.time()
         if not opts.index or index != opts.index or remaining <= 0:
-            return index, events
+            return index, events, reply.meta.filtered
         raft_index = reply.meta.index
 
 
@@ -125,12 +128,20 @@ async def event_fire(request: Request, name: str) -> Response:
         service_filter=first(q, "service"),
         tag_filter=first(q, "tag"),
     )
-    result = await agent_of(request).rpc("Event.Fire", EventFireArgs(event, first(q, "dc"), token_from(q, request.headers)))
+    try:
+        result = await agent_of(request).rpc("Event.Fire", EventFireArgs(event, first(q, "dc"), token_from(q, request.headers)))
+    except PermissionDenied as err:
+        if str(err).startswith(PERMISSION_DENIED):
+            raise PermissionDenied(PERMISSION_DENIED) from None  # Consul's EventFire answers acl.ErrPermissionDenied's bare text
+        raise
     return json_response(request, result)
 
 
 @router.get("/v1/event/list", summary="The recent user events this agent takes, oldest first", openapi_extra={"parameters": _LIST_PARAMS})
 async def event_list(request: Request) -> Response:
     opts = opts_of(request)
-    index, events = await agent_events(agent_of(request), first(query_of(request), "name"), opts)
-    return reply_response(json_reply(events, is_pretty(request), headers=[(b"x-consul-index", str(index).encode())]))
+    index, events, filtered = await agent_events(agent_of(request), first(query_of(request), "name"), opts)
+    headers = [(b"x-consul-index", str(index).encode())]
+    if filtered:
+        headers.append(FILTERED)
+    return reply_response(json_reply(events, is_pretty(request), headers=headers))

@@ -263,6 +263,12 @@ class Resolved:
 OPEN = Resolved(None, "", acl_authz.MANAGEMENT)
 
 
+def masked(token: str, filtered: bool) -> bool:
+    """Whether to tell the caller results were filtered: never an unauthenticated one (Consul's
+    maskResultsFilteredByACLs, so anonymous callers cannot learn that hidden objects exist)."""
+    return filtered and token not in ("", ANONYMOUS_SECRET)
+
+
 def keep(items: list, allowed: Any) -> tuple[list, bool]:
     """``items`` the caller may see (``allowed(item)``) and whether any were dropped (Consul's ACL filters)."""
     kept = [x for x in items if allowed(x)]

@@ -710,6 +710,32 @@ def prepare(entry: dict[str, Any], legacy: bool = False) -> dict[str, Any]:
     return out
 
 
+def acl_rule(kind: str, write: bool) -> tuple[str, str, bool] | None:
+    """What Consul's CanRead/CanWrite check for an entry of ``kind``: (resource, level, named); None when anyone may.
+
+    service-defaults: service read/write on the name; proxy-defaults: anyone reads, writing needs mesh:write;
+    service-intentions: intention read/write on the name (the destination).
+    """
+    level = "write" if write else "read"
+    if kind == SERVICE_DEFAULTS:
+        return "service", level, True
+    if kind == PROXY_DEFAULTS:
+        return ("mesh", "write", False) if write else None
+    if kind == SERVICE_INTENTIONS:
+        return "intention", level, True
+    return None
+
+
+def acl_allows(authz: Any, kind: str, name: str, write: bool) -> bool:
+    """Consul's ConfigEntry.CanRead (``write`` False) / CanWrite for the entry ``kind``/``name``."""
+    rule = acl_rule(kind, write)
+    if rule is None:
+        return True
+    resource, level, named = rule
+    check = getattr(authz, f"{resource}_{level}")
+    return check(name) if named else check()
+
+
 def has_permissions(e: dict[str, Any]) -> bool:
     """ServiceIntentionsConfigEntry.HasAnyPermissions."""
     return any(s.get("Permissions") for s in e.get("Sources") or [])

@@ -190,6 +190,20 @@ def default_allow(acl_enabled: bool, acl_default_policy: str, default_intention_
     return not acl_enabled or acl_default_policy == "allow"
 
 
+def can_read(ixn: dict[str, Any], authz: Any) -> bool:
+    """Intention.CanRead: intention:read on either end, so both sides can see why a connection is (not) allowed."""
+    source, destination = ixn.get("SourceName", ""), ixn.get("DestinationName", "")
+    if source and not ixn.get("SourcePeer") and authz.intention_read(source):
+        return True
+    return bool(destination) and authz.intention_read(destination)
+
+
+def can_write(ixn: dict[str, Any], authz: Any) -> bool:
+    """Intention.CanWrite: intention:write on the destination ("*" needs it for every service); none without one."""
+    destination = ixn.get("DestinationName", "")
+    return bool(destination) and authz.intention_write(destination)
+
+
 def uuid_error(text: str) -> str:
     """go-memdb's UUIDFieldIndex parse error for an intention ID ("" when it is a well-formed UUID)."""
     if len(text) != 36:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from proconsul.server import endpoints
 from proconsul.server.codec import from_wire, to_wire
-from proconsul.server.acl import ACLResolver
+from proconsul.server.acl import ACLResolver, masked
 from proconsul.server.ca_manager import CAManager
 from proconsul.server.config import ServerConfig
 from proconsul.server.errors import BadRequest, NoLeaderError, NoPathToDatacenter, NotReadyError, RPCUnreachable
@@ -279,7 +279,8 @@ class Server:
     def _query_reply(self, index: int, value: Any, opts: QueryOptions, shape: Callable, acl_filter: Callable | None) -> QueryReply:
         meta = self.query_meta(index, opts)
         if acl_filter is not None:
-            value, meta.filtered = acl_filter(value)
+            value, filtered = acl_filter(value)
+            meta.filtered = masked(opts.token, filtered)
         return QueryReply(meta, shape(value))
 
     # ------------------------------------------------------------- dispatch

@@ -228,7 +228,7 @@ def _get(agent: AgentProc, path: str, token: str | None) -> tuple[Any, bool]:
 
 def test_catalog_nodes_filtered_by_node_read(acl_agent):
     agent, tok = acl_agent
-    assert _get(agent, "/v1/catalog/nodes", None) == ([], True)
+    assert _get(agent, "/v1/catalog/nodes", None) == ([], False)
     nodes, filtered = _get(agent, "/v1/catalog/nodes", tok["n1_reader"])
     assert [n["Node"] for n in nodes] == ["n1"] and filtered
     for token in (tok["reader"], MGMT):
@@ -241,7 +241,7 @@ def test_catalog_nodes_filtered_by_node_read(acl_agent):
 
 def test_catalog_services_filtered_by_service_read(acl_agent):
     agent, tok = acl_agent
-    assert _get(agent, "/v1/catalog/services", None) == ({}, True)
+    assert _get(agent, "/v1/catalog/services", None) == ({}, False)
     assert _get(agent, "/v1/catalog/services", tok["web_reader"]) == ({"web": []}, True)
     services, filtered = _get(agent, "/v1/catalog/services", tok["reader"])
     assert {"web", "db", "web-sidecar-proxy"} <= set(services) and not filtered
@@ -249,7 +249,7 @@ def test_catalog_services_filtered_by_service_read(acl_agent):
 
 def test_catalog_service_instances_need_node_and_service_read(acl_agent):
     agent, tok = acl_agent
-    assert _get(agent, "/v1/catalog/service/web", None) == ([], True)
+    assert _get(agent, "/v1/catalog/service/web", None) == ([], False)
     rows, filtered = _get(agent, "/v1/catalog/service/web", tok["n1_reader"])
     assert [(s["Node"], s["ServiceID"]) for s in rows] == [("n1", "web1")] and filtered
     for token in (tok["web_reader"], tok["reader"], MGMT):
@@ -260,7 +260,7 @@ def test_catalog_service_instances_need_node_and_service_read(acl_agent):
 
 def test_catalog_connect_needs_read_on_the_service_and_its_proxies(acl_agent):
     agent, tok = acl_agent
-    assert _get(agent, "/v1/catalog/connect/web", None) == ([], True)
+    assert _get(agent, "/v1/catalog/connect/web", None) == ([], False)
     # Read on web but not on its proxy's name: the proxy row is hidden.
     assert _get(agent, "/v1/catalog/connect/web", tok["web_reader"]) == ([], True)
     # Read on the proxy but not on web: Consul answers nothing for a service the token cannot read.
@@ -271,8 +271,8 @@ def test_catalog_connect_needs_read_on_the_service_and_its_proxies(acl_agent):
 
 def test_catalog_node_hidden_without_node_read(acl_agent):
     agent, tok = acl_agent
-    assert _get(agent, "/v1/catalog/node/n1", None) == (None, True)
-    assert _get(agent, "/v1/catalog/node-services/n1", None) == ({"Node": None, "Services": None}, True)
+    assert _get(agent, "/v1/catalog/node/n1", None) == (None, False)
+    assert _get(agent, "/v1/catalog/node-services/n1", None) == ({"Node": None, "Services": None}, False)
     # An unknown node is null without the header: nothing was hidden.
     assert _get(agent, "/v1/catalog/node/nope", None) == (None, False)
     found, filtered = _get(agent, "/v1/catalog/node/n1", tok["web_reader"])
@@ -303,7 +303,7 @@ def test_refused_token_is_acl_not_found(acl_agent):
 def test_health_service_filtered(acl_agent):
     agent, tok = acl_agent
     for path in ("/v1/health/service/web", "/v1/health/connect/web"):
-        assert _get(agent, path, None) == ([], True)
+        assert _get(agent, path, None) == ([], False)
     rows, filtered = _get(agent, "/v1/health/service/web", tok["n1_reader"])
     assert [(e["Node"]["Node"], e["Service"]["ID"]) for e in rows] == [("n1", "web1")] and filtered
     # The instance's checks come with it (Consul filters instances, not the checks inside them).
@@ -318,7 +318,7 @@ def test_health_service_filtered(acl_agent):
 def test_health_checks_need_node_read_and_service_read(acl_agent):
     agent, tok = acl_agent
     for path in ("/v1/health/node/n2", "/v1/health/checks/db", "/v1/health/state/any", "/v1/health/state/passing"):
-        assert _get(agent, path, None) == ([], True), path
+        assert _get(agent, path, None) == ([], False), path
     # Node read everywhere, service read on web only: node checks and web's, never db's.
     checks, filtered = _get(agent, "/v1/health/node/n2", tok["web_reader"])
     assert [c["CheckID"] for c in checks] == ["n2-alive"] and filtered

@@ -28,15 +28,18 @@ async def upsert(api, source: str, destination: str, **body) -> None:
     assert (r.status_code, r.json()) == (200, True), r.text
 
 
-async def check(api, source: str, destination: str) -> bool:
-    r = await api.get("/v1/connect/intentions/check", params={"source": source, "destination": destination})
+async def check(api, source: str, destination: str, token: str = "") -> bool:
+    headers = {"X-Consul-Token": token} if token else {}
+    r = await api.get("/v1/connect/intentions/check", params={"source": source, "destination": destination}, headers=headers)
     assert r.status_code == 200, r.text
     assert list(r.json()) == ["Allowed"]
     return r.json()["Allowed"]
 
 
-async def authorize(api, target: str, source: str) -> dict:
-    r = await api.post("/v1/agent/connect/authorize", json={"Target": target, "ClientCertURI": SPIFFE.format(source), "ClientCertSerial": "01"})
+async def authorize(api, target: str, source: str, token: str = "") -> dict:
+    headers = {"X-Consul-Token": token} if token else {}
+    body = {"Target": target, "ClientCertURI": SPIFFE.format(source), "ClientCertSerial": "01"}
+    r = await api.post("/v1/agent/connect/authorize", json=body, headers=headers)
     assert r.status_code == 200, r.text
     assert list(r.json()) == ["Authorized", "Reason"]
     return r.json()
@@ -427,18 +430,27 @@ async def test_authorize_bad_input(api, body, message):
 
 
 async def test_default_decision_follows_the_acl_default_policy(api):
+    """No intention decides: the ACL default policy does (as a token sees it), then default_intention_policy."""
+    from proconsul.server.acl import initialize_acls
+
     agent, srv = api.agent, api.agent.server
     saved = agent.config, srv.config
+    mgmt = "3e1d0f52-7a4c-4c1e-9d55-0b8f3a2c6e10"
     try:
         assert (await authorize(api, "dp-db", "dp-web")) == {"Authorized": True, "Reason": "Default behavior configured by ACLs"}
         assert await check(api, "dp-web", "dp-db") is True
         agent.config = dataclasses.replace(saved[0], acl_enabled=True, acl_default_policy="deny")
-        srv.config = dataclasses.replace(saved[1], acl_enabled=True, acl_default_policy="deny")
-        assert (await authorize(api, "dp-db", "dp-web")) == {"Authorized": False, "Reason": "Default behavior configured by ACLs"}
-        assert await check(api, "dp-web", "dp-db") is False
+        srv.config = dataclasses.replace(saved[1], acl_enabled=True, acl_default_policy="deny", acl_initial_management=mgmt)
+        await initialize_acls(srv)
+        h = {"X-Consul-Token": mgmt}
+        rules = 'service_prefix "dp-" {\n  policy = "write"\n  intentions = "read"\n}'
+        policy = (await api.put("/v1/acl/policy", json={"Name": "dp", "Rules": rules}, headers=h)).json()
+        token = (await api.put("/v1/acl/token", json={"Policies": [{"ID": policy["ID"]}]}, headers=h)).json()["SecretID"]
+        assert (await authorize(api, "dp-db", "dp-web", token)) == {"Authorized": False, "Reason": "Default behavior configured by ACLs"}
+        assert await check(api, "dp-web", "dp-db", token) is False
         agent.config = dataclasses.replace(agent.config, default_intention_policy="allow")
         srv.config = dataclasses.replace(srv.config, default_intention_policy="allow")
-        assert (await authorize(api, "dp-db", "dp-web")) == {"Authorized": True, "Reason": "Default intention policy"}
-        assert await check(api, "dp-web", "dp-db") is True
+        assert (await authorize(api, "dp-db", "dp-web", token)) == {"Authorized": True, "Reason": "Default intention policy"}
+        assert await check(api, "dp-web", "dp-db", token) is True
     finally:
         agent.config, srv.config = saved

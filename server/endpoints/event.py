@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from proconsul.server.acl import keep
 from proconsul.server.commands import EventFireRequest
 from proconsul.server.endpoints import endpoint
 from proconsul.server.endpoints.kv import propose
@@ -140,12 +141,14 @@ def check_size(e: EventFireRequest, ltime: int) -> None:
 
 @endpoint("Event.Fire", EventFireArgs)
 async def event_fire(srv: Any, args: EventFireArgs, hops: int) -> dict[str, Any]:
-    """Validate and size a user event, give it its ID, and append it to the ring; answers Consul's fire reply."""
+    """Validate and size a user event (event:write on its name), give it its ID, and append it to the ring; answers Consul's fire reply."""
     done, result = await srv.forward("Event.Fire", args, args.datacenter, hops)
     if done:
         return result
     e = args.event
     validate_user_event(e)
+    caller = srv.acl.caller(args.token)
+    caller.require(caller.authorizer.event_write(e.name), "event", "write", e.name)
     e.id = str(uuid.uuid4())
     e.version = USER_EVENT_VERSION
     check_size(e, srv.state.event_last_ltime())
@@ -156,9 +159,14 @@ async def event_fire(srv: Any, args: EventFireArgs, hops: int) -> dict[str, Any]
 
 @endpoint("Event.List", EventQuery, QueryReply)
 async def event_list(srv: Any, args: EventQuery, hops: int) -> QueryReply:
-    """The ring oldest first, blocking on the last fire's Raft index; agents filter it for themselves."""
+    """The ring oldest first, only events the caller may read (event:read), blocking on the last fire's Raft index;
+    agents filter it for themselves."""
     done, result = await srv.forward_read("Event.List", args, args.opts, hops)
     if done:
         return result
     name, state = args.name, srv.state
-    return await srv.blocking_query(args.opts, lambda ws: state.event_list(name, ws), lambda es: [event_json(e, e.ltime) for e in es])
+    caller = srv.acl.caller(args.opts.token)
+    readable = None if caller.unrestricted else lambda es: keep(es, lambda e: caller.authorizer.event_read(e.name))
+    return await srv.blocking_query(
+        args.opts, lambda ws: state.event_list(name, ws), lambda es: [event_json(e, e.ltime) for e in es], readable
+    )

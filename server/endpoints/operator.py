@@ -12,10 +12,12 @@ from proconsul.server.structs import AddPeerRequest, DatacenterRequest, HelloRep
 
 @endpoint("Operator.RaftGetConfiguration", DatacenterRequest)
 async def raft_get_configuration(srv: Any, args: DatacenterRequest, hops: int) -> dict[str, Any]:
-    """Consul's /v1/operator/raft/configuration: every voter with its node, ID, address and leadership."""
+    """Consul's /v1/operator/raft/configuration: every voter with its node, ID, address and leadership; operator:read."""
     done, result = await srv.forward_read("Operator.RaftGetConfiguration", args, args.opts, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.opts.token)
+    caller.require(caller.authorizer.operator_read(), "operator", "read")
     raft = srv.raft
     if raft is None:  # a server still waiting for bootstrap-expect peers (only ?stale gets here)
         return {"Servers": [], "Index": 0}
@@ -52,7 +54,7 @@ def _last_indexes(raft: Any) -> dict[str, int]:
 
 @endpoint("Operator.RaftRemovePeer", RaftPeerRequest)
 async def raft_remove_peer(srv: Any, args: RaftPeerRequest, hops: int) -> bool:
-    """Remove a voter by server address, raft address or ID; the leader hands off first if it is the one going."""
+    """Remove a voter by server address, raft address or ID (operator:write); the leader hands off first if it is the one going."""
     done, result = await srv.forward("Operator.RaftRemovePeer", args, args.opts.datacenter, hops)
     if done:
         return result
@@ -60,6 +62,8 @@ async def raft_remove_peer(srv: Any, args: RaftPeerRequest, hops: int) -> bool:
         raise BadRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
     if args.address and args.id:
         raise BadRequest("Must specify only one of ?id or ?address")
+    caller = srv.acl.caller(args.opts.token)
+    caller.require(caller.authorizer.operator_write(), "operator", "write")
     target = srv.members.raft_addr_for(address=args.address, node_id=args.id, voters=srv.raft.peers())
     if target is None:
         what = f'address "{args.address}"' if args.address else f'id "{args.id}"'

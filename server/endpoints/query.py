@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proconsul.server import shapes
+from proconsul.server.acl import keep, masked
 from proconsul.server.commands import PreparedQueryRecord, PreparedQueryRequest
 from proconsul.server.durations import parse_duration
 from proconsul.server.endpoints import endpoint
 from proconsul.server.endpoints.kv import propose
-from proconsul.server.errors import BadRequest, NotFound
+from proconsul.server.errors import BadRequest, NotFound, PermissionDenied
 from proconsul.server.structs import QueryMeta, QueryOptions, QueryReply
 
 QUERY_OPS = ("create", "update", "delete")
 REDACTED_TOKEN = "<hidden>"  # Consul's aclfilter.RedactedToken
 QUERY_NOT_FOUND = "Query not found"  # Consul's structs.ErrQueryNotFound
+PERMISSION_DENIED = "Permission denied"  # acl.ErrPermissionDenied, bare, as Get and Explain answer
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
@@ -124,7 +126,10 @@ def _parse_query(rec: PreparedQueryRecord) -> None:
 
 @endpoint("PreparedQuery.Apply", QueryApply)
 async def query_apply(srv: Any, args: QueryApply, hops: int) -> str:
-    """Create (the ID made here, on the leader), update or delete a prepared query; answers its ID."""
+    """Create (the ID made here, on the leader), update or delete a prepared query; answers its ID.
+
+    query:write on the new and (for update and delete) the stored query's name, as Consul's Apply checks both.
+    """
     done, result = await srv.forward("PreparedQuery.Apply", args, args.datacenter, hops)
     if done:
         return result
@@ -137,20 +142,57 @@ async def query_apply(srv: Any, args: QueryApply, hops: int) -> str:
         rec.id = str(uuid.uuid4())
         while srv.state.query_exists(rec.id):
             rec.id = str(uuid.uuid4())
-    elif not srv.state.query_exists(rec.id):
-        raise NotFound(f"Cannot modify non-existent prepared query: '{rec.id}'")
+    caller = srv.acl.caller(args.token)
+    # Consul's GetACLPrefix: only a named query or a template is guarded by query rules; an unnamed one
+    # (bound to a session) can be written by anyone and read only with acl = "write".
+    prefix = acl_prefix(rec)
+    if prefix is not None:
+        caller.require(caller.authorizer.query_write(prefix), "query", "write", prefix)
+    if args.op != "create":
+        _, existing = srv.state.query_get(rec.id)
+        if existing is None:
+            raise NotFound(f"Cannot modify non-existent prepared query: '{rec.id}'")
+        prefix = acl_prefix(existing)
+        if prefix is not None:
+            caller.require(caller.authorizer.query_write(prefix), "query", "write", prefix)
     if args.op != "delete":
         parse_query(rec)
     await propose(srv, PreparedQueryRequest(op=args.op, query=rec))
     return rec.id
 
 
+def acl_prefix(query: Any) -> str | None:
+    """Consul's PreparedQuery.GetACLPrefix: the name query rules apply to, None for an unnamed non-template query."""
+    if query.name or (query.template or {}).get("Type"):
+        return query.name
+    return None
+
+
+def _redact(query: Any, caller: Any) -> Any:
+    """Consul's redactPreparedQueryTokens: the stored Token shows as "<hidden>" unless the caller has acl = "write"."""
+    if query.token and not caller.authorizer.acl_write():
+        return query._replace(token=REDACTED_TOKEN)
+    return query
+
+
+def _may_read(query: Any, caller: Any) -> bool:
+    """Consul's filterPreparedQueries: query:read on the name; an unnamed query only for acl = "write"."""
+    if caller.authorizer.acl_write():
+        return True
+    prefix = acl_prefix(query)
+    return prefix is not None and caller.authorizer.query_read(prefix)
+
+
 @endpoint("PreparedQuery.Get", QuerySpecific, QueryReply)
 async def query_get(srv: Any, args: QuerySpecific, hops: int) -> QueryReply:
-    """One query as a one-element list; 404 "Query not found" at once when it does not exist."""
+    """One query as a one-element list; 404 "Query not found" at once when it does not exist.
+
+    Whoever has the ID of an unnamed query may read it; a named one needs query:read (else 403). The Token is redacted.
+    """
     done, result = await srv.forward_read("PreparedQuery.Get", args, args.opts, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.opts.token)
 
     def read(ws: Any) -> tuple[int, Any]:
         index, query = srv.state.query_get(args.id, ws)
@@ -158,16 +200,33 @@ async def query_get(srv: Any, args: QuerySpecific, hops: int) -> QueryReply:
             raise NotFound(QUERY_NOT_FOUND)
         return index, query
 
-    return await srv.blocking_query(args.opts, read, lambda q: [shapes.prepared_query_json(q)])
+    acl_filter = None
+    if not caller.unrestricted:
+
+        def acl_filter(query: Any) -> tuple[Any, bool]:
+            if acl_prefix(query) is not None and not _may_read(query, caller):
+                raise PermissionDenied(PERMISSION_DENIED)
+            return _redact(query, caller), False
+
+    return await srv.blocking_query(args.opts, read, lambda q: [shapes.prepared_query_json(q)], acl_filter)
 
 
 @endpoint("PreparedQuery.List", QuerySpecific, QueryReply)
 async def query_list(srv: Any, args: QuerySpecific, hops: int) -> QueryReply:
+    """Every query the caller may read (query:read on its name), Tokens redacted."""
     done, result = await srv.forward_read("PreparedQuery.List", args, args.opts, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.opts.token)
+    acl_filter = None
+    if not caller.unrestricted:
+
+        def acl_filter(queries: list) -> tuple[list, bool]:
+            kept, dropped = keep(queries, lambda q: _may_read(q, caller))
+            return [_redact(q, caller) for q in kept], dropped
+
     return await srv.blocking_query(
-        args.opts, lambda ws: srv.state.query_list(ws), lambda qs: [shapes.prepared_query_json(q) for q in qs]
+        args.opts, lambda ws: srv.state.query_list(ws), lambda qs: [shapes.prepared_query_json(q) for q in qs], acl_filter
     )
 
 
@@ -195,11 +254,16 @@ def _meta_fields(meta: QueryMeta) -> dict[str, Any]:
 
 @endpoint("PreparedQuery.Explain", QueryExecute, QueryReply)
 async def query_explain(srv: Any, args: QueryExecute, hops: int) -> QueryReply:
-    """The query a name resolves to, rendered if it is a template (Consul's PreparedQuery.Explain)."""
+    """The query a name resolves to, rendered if it is a template (Consul's PreparedQuery.Explain); 403 unless readable."""
     done, result = await srv.forward_read("PreparedQuery.Explain", args, args.opts, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.opts.token)
     query = await _resolve(srv, args)
+    if not caller.unrestricted:
+        if not _may_read(query, caller):
+            raise PermissionDenied(PERMISSION_DENIED)
+        query = _redact(query, caller)
     meta = srv.query_meta(0, args.opts)
     return QueryReply(meta, {"Query": shapes.prepared_query_json(query), **_meta_fields(meta)})
 
@@ -257,7 +321,10 @@ def execute_rows(query: Any, rows: list, args: QueryExecute) -> list:
 
 @endpoint("PreparedQuery.Execute", QueryExecute, QueryReply)
 async def query_execute(srv: Any, args: QueryExecute, hops: int) -> QueryReply:
-    """Run a query in this datacenter: Consul's PreparedQueryExecuteResponse with its QueryMeta flattened in."""
+    """Run a query in this datacenter: Consul's PreparedQueryExecuteResponse with its QueryMeta flattened in.
+
+    The nodes are filtered (node:read and service:read) with the query's Token if it has one, else the caller's.
+    """
     done, result = await srv.forward_read("PreparedQuery.Execute", args, args.opts, hops)
     if done:
         return result
@@ -266,8 +333,16 @@ async def query_execute(srv: Any, args: QueryExecute, hops: int) -> QueryReply:
     rows: list = []
     if not svc.get("Peer"):  # no cluster peering here: a peer's services are never found
         _, rows = srv.state.check_service_nodes(svc["Service"], connect=bool(svc.get("Connect")) or args.connect)
+    # Consul filters the results with the query's own Token when it has one, else the caller's.
+    caller = srv.acl.caller(query.token or args.opts.token)
+    filtered = False
+    if not caller.unrestricted:
+        authz = caller.authorizer
+        rows, filtered = keep(rows, lambda r: authz.node_read(r[0].node) and authz.service_read(r[1].service_name))
+        filtered = masked(args.opts.token, filtered)
     nodes = [shapes.health_entry_json(n, s, c) for n, s, c in execute_rows(query, rows, args)]
     meta = srv.query_meta(0, args.opts)
+    meta.filtered = filtered
     body = {
         "Service": svc["Service"],
         "Nodes": nodes,
@@ -277,4 +352,5 @@ async def query_execute(srv: Any, args: QueryExecute, hops: int) -> QueryReply:
         "Failovers": 0,
         **_meta_fields(meta),
     }
+    body["ResultsFilteredByACLs"] = filtered
     return QueryReply(meta, body)

@@ -20,12 +20,19 @@ class SnapshotReply:
     data: bytes
 
 
+def _require_snapshot(srv: Any, token: str) -> None:
+    """Consul's SnapshotAllowed: one permission for save and restore (a snapshot holds every ACL secret)."""
+    caller = srv.acl.caller(token)
+    caller.require(caller.authorizer.snapshot(), "acl", "write")
+
+
 @endpoint("Snapshot.Save", DatacenterRequest, SnapshotReply)
 async def snapshot_save(srv: Any, args: DatacenterRequest, hops: int) -> SnapshotReply:
-    """A consistent copy of every table (from the leader unless ?stale); Consul's Snapshot save."""
+    """A consistent copy of every table (from the leader unless ?stale); Consul's Snapshot save; needs acl = "write"."""
     done, result = await srv.forward_read("Snapshot.Save", args, args.opts, hops)
     if done:
         return result
+    _require_snapshot(srv, args.opts.token)
     tables = srv.state.dump()
     index = srv.state.max_index()
     meta = {"index": index, "datacenter": srv.config.datacenter, "node": srv.config.node_name}
@@ -35,10 +42,11 @@ async def snapshot_save(srv: Any, args: DatacenterRequest, hops: int) -> Snapsho
 
 @endpoint("Snapshot.Restore", SnapshotRestore)
 async def snapshot_restore(srv: Any, args: SnapshotRestore, hops: int) -> bool:
-    """Replace the whole state on every server with a snapshot's tables; Consul's Snapshot restore."""
+    """Replace the whole state on every server with a snapshot's tables; Consul's Snapshot restore; needs acl = "write"."""
     done, result = await srv.forward("Snapshot.Restore", args, args.opts.datacenter, hops)
     if done:
         return result
+    _require_snapshot(srv, args.opts.token)
     try:
         tables, _ = await asyncio.get_running_loop().run_in_executor(None, tables_from_bytes, args.data)
     except ValueError as err:
