@@ -1,35 +1,69 @@
-"""``python -m bench [name ...]``: run benchmarks (all by default) and write bench/results/<name>.json."""
+"""``python -m bench [name ...]``: run benchmarks (all by default), write bench/results/<name>.json, regenerate the README's Performance section.
+
+``report`` is a pseudo-name: ``python -m bench report`` runs nothing and only
+regenerates the section from the results already in bench/results/.
+"""
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 BENCHMARKS = ["raft", "dns", "mesh", "kv", "catalog", "fanout", "events"]
+REPORT = "report"  # not a benchmark: the README section from the existing results
 RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def machine() -> str:
+    """'<cpu model>, <n> cores, python <version>': what a reader needs to weigh the figures."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, python {platform.python_version()}"
 
 
 def main() -> None:
     names = sys.argv[1:] or BENCHMARKS
-    unknown = [n for n in names if n not in BENCHMARKS]
+    unknown = [n for n in names if n not in BENCHMARKS and n != REPORT]
     if unknown:
-        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)} (or {REPORT})")
     RESULTS.mkdir(exist_ok=True)
     for name in names:
+        if name == REPORT:
+            continue
         print(f"== {name}")
         started = time.time()
         result = importlib.import_module(f"bench.{name}").main(sys.argv[1:])
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+            "machine": machine(),
             "command": f"python -m bench {name}",
             "seconds": round(time.time() - started, 1),
         }
         (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))
+    report()
+
+
+def report() -> None:
+    """Regenerate README.md's Performance section from bench/results/*.json."""
+    from bench.report import update_readme
+
+    try:
+        changed = update_readme(README, RESULTS)
+    except (OSError, ValueError) as err:
+        sys.exit(f"== report: README.md not regenerated: {err}")
+    print(f"== report: README.md Performance section {'regenerated' if changed else 'already up to date'} from {RESULTS}")
 
 
 if __name__ == "__main__":
