@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import socket
@@ -117,7 +118,8 @@ class Agent:
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self)
         self.leafcerts = LeafCerts(self)  # Connect CA roots and service leaf certificates, made on first use
-        self.intentions = IntentionCache(self.rpc)  # /v1/agent/connect/authorize, watched per target on first use
+        # /v1/agent/connect/authorize, watched per target on first use (read with the asker's token, else the agent token)
+        self.intentions = IntentionCache(self.rpc, self.agent_token)
         self.proxies = ProxyManager(self)  # a built-in proxy for each sidecar registered here
         self.local.on_sync_needed = self.ae.trigger
         self.connected = False
@@ -137,8 +139,28 @@ class Agent:
         return await self.router.call(method, args)
 
     def agent_token(self) -> str:
-        """The token anti-entropy and heartbeats use (ACLs arrive with their own issue)."""
-        return ""
+        """The token for the agent's own RPC (Consul's tokens.AgentToken): ``acl.tokens.agent``, else ``acl.tokens.default``."""
+        cfg = self.config
+        return cfg.acl_token_agent or cfg.acl_token_default
+
+    def service_token(self, service_id: str) -> str:
+        """The token a local service syncs with: the one it was registered with, else the agent token (Consul's serviceToken)."""
+        s = self.local.services.get(service_id)
+        return (s.defn.token if s is not None else "") or self.agent_token()
+
+    def set_token(self, kind: str, secret: str) -> None:
+        """Consul's PUT /v1/agent/token/<kind> on the running agent (not persisted; a reload reads the files again).
+
+        ``kind`` is a config field name (``acl_token_default``, ``acl_token_agent``, ``acl_token_agent_recovery``).
+        A new default or agent token starts a full anti-entropy sync, as Consul's SyncFull.Trigger.
+        """
+        if getattr(self.config, kind) == secret:
+            return
+        self.config = dataclasses.replace(self.config, **{kind: secret})
+        if kind in ("acl_token_default", "acl_token_agent"):
+            self.ae.trigger_full()
+        if kind == "acl_token_default" and self.dns is not None:
+            self.dns.resolver.cache.close()  # answers fetched with the old token may show what the new one may not
 
     def node_registration(self) -> RegisterRequest:
         """This node as anti-entropy registers it."""
@@ -189,6 +211,60 @@ class Agent:
                     unreachable_logged = True
                 self.connected = False
             await asyncio.sleep(cfg.liveness_interval)
+
+    # ------------------------------------------------------------- ACL vetting (Consul's agent/acl.go)
+
+    def vet_service_register(self, caller: Any, svc: Any) -> None:
+        """Consul's vetServiceRegister: service:write on the service, on the one it replaces, and on a proxy's destination."""
+        if caller.unrestricted:
+            return
+        authz = caller.authorizer
+        caller.require(authz.service_write(svc.service), "service", "write", svc.service)
+        existing = self.local.service(svc.id or svc.service)
+        if existing is not None:
+            name = existing.service.service
+            caller.require(authz.service_write(name), "service", "write", name)
+        if svc.kind == "connect-proxy":
+            dest = svc.proxy.get("DestinationServiceName") or ""
+            caller.require(authz.service_write(dest), "service", "write", dest)
+
+    def vet_service_update(self, caller: Any, service_id: str) -> None:
+        """Consul's vetServiceUpdate: service:write on the registered service; NotFound when there is none."""
+        defn = self.local.service(service_id)
+        if defn is None:
+            raise NotFound(f'Unknown service ID "{service_id}". Ensure that the service ID is passed, not the service name.')
+        if not caller.unrestricted:
+            name = defn.service.service
+            caller.require(caller.authorizer.service_write(name), "service", "write", name)
+
+    def _vet_check(self, caller: Any, service_id: str) -> None:
+        """A service's check needs service:write on the service; a node check node:write on this node."""
+        svc = self.local.service(service_id) if service_id else None
+        if svc is not None:
+            name = svc.service.service
+            caller.require(caller.authorizer.service_write(name), "service", "write", name)
+        else:
+            node = self.config.node_name
+            caller.require(caller.authorizer.node_write(node), "node", "write", node)
+
+    def vet_check_register(self, caller: Any, defn: CheckDef) -> None:
+        """Consul's vetCheckRegister, for the new check and the one it replaces; NotFound for an unknown ServiceID."""
+        if defn.service_id and self.local.service(defn.service_id) is None:
+            raise NotFound(f'ServiceID "{defn.service_id}" does not exist')
+        if caller.unrestricted:
+            return
+        self._vet_check(caller, defn.service_id)
+        existing = self.local.check(defn.id)
+        if existing is not None:
+            self._vet_check(caller, existing.defn.service_id)
+
+    def vet_check_update(self, caller: Any, check_id: str) -> None:
+        """Consul's vetCheckUpdate: the rule of the existing check; NotFound when there is none."""
+        existing = self.local.check(check_id)
+        if existing is None:
+            raise NotFound(f'Unknown check ID "{check_id}". Ensure that the check ID is passed, not the check name.')
+        if not caller.unrestricted:
+            self._vet_check(caller, existing.defn.service_id)
 
     # ------------------------------------------------------------- services and checks
 
@@ -246,6 +322,7 @@ class Agent:
         self.local.add_service(defn, source)
         for check in defn.checks:
             check.service_id = sid
+            check.token = defn.token  # a service's own checks sync with its token (Consul's AddService)
             await self._add_check(check, source)
         self.proxies.sync()
 
@@ -371,7 +448,10 @@ class Agent:
         for cid, c in list(self.local.checks.items()):
             if c.source == "config" and not c.deleted:
                 await self.deregister_check(cid)
+        token_changed = self.agent_token() != (new.acl_token_agent or new.acl_token_default)
         self.config = new
+        if token_changed:
+            self.ae.trigger_full()
         try:
             await self._load_config_definitions(new)
         except ProconsulError as err:
@@ -394,7 +474,7 @@ class Agent:
     async def leave(self) -> None:
         """Leave the cluster gracefully (the node leaves the catalog; a server leaves Raft), then shut down."""
         try:
-            await self.rpc("Internal.Leave", MemberRequest(name=self.config.node_name))
+            await self.rpc("Internal.Leave", MemberRequest(name=self.config.node_name, token=self.agent_token()))
             log.info("left the cluster")
         except ProconsulError as err:
             log.warning("leaving the cluster: %s", err)
@@ -483,7 +563,9 @@ class Agent:
         from proconsul.dns.server import DNSServer
 
         cfg = self.config
-        cache = CatalogCache(self.rpc, cfg.dns.cache_max_age, self.metrics, cfg.dns.allow_stale, cfg.dns.max_stale)
+        # DNS reads with acl.tokens.default, as it is now (PUT /v1/agent/token/default may change it).
+        cache = CatalogCache(self.rpc, cfg.dns.cache_max_age, self.metrics, cfg.dns.allow_stale, cfg.dns.max_stale,
+                             token=lambda: self.config.acl_token_default)
         resolver = Resolver(cfg, cache, cfg.advertise, query=self._dns_prepared_query)
         self.dns = DNSServer(cfg, resolver, self.metrics)
         try:
@@ -497,8 +579,9 @@ class Agent:
         from proconsul.server.structs import QueryOptions
 
         cfg = self.config
+        # Consul's DNS answers with the DNS token, which falls back to the default token.
         args = QueryExecute(name, agent_node=cfg.node_name, near="_agent",
-                            opts=QueryOptions(stale=cfg.dns.allow_stale))
+                            opts=QueryOptions(stale=cfg.dns.allow_stale, token=cfg.acl_token_default))
         try:
             reply = await self.rpc("PreparedQuery.Execute", args)
         except NotFound:

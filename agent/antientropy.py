@@ -12,6 +12,15 @@
   state, is back within one full sync.
 * The ``serfHealth`` check and, on servers, the ``consul`` service belong to the
   leader's liveness and are left alone.
+* Tokens, as Consul's local.State: the node and the catalog reads use the agent
+  token (``acl.tokens.agent``, else ``acl.tokens.default``); a service or check
+  syncs with the token it was registered with, else the agent token. A
+  service's checks ride with it only when they share its token, so a check
+  never borrows its service's privileges.
+* A registration the servers refuse for want of permission is logged (a WARN
+  naming the permission and AccessorID, never a secret) and marked in sync, as
+  Consul does: it is tried again by the next full sync, not in a tight loop, and
+  it does not hold back the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 
 from proconsul.server import shapes
 from proconsul.server.commands import DeregisterRequest, RegisterRequest
-from proconsul.server.errors import ProconsulError
+from proconsul.server.errors import PermissionDenied, ProconsulError
 from proconsul.server.state import SERF_CHECK_ID
 from proconsul.server.structs import CatalogQuery, DeregisterArgs, QueryOptions, RegisterArgs
 
@@ -76,7 +85,10 @@ class AntiEntropy:
                     await self.sync_changes()
                 backoff = 0.5
             except Exception as err:  # never let the sync loop die: the next round may succeed
-                if isinstance(err, ProconsulError):
+                if isinstance(err, PermissionDenied):
+                    # AccessorIDs and permissions only: the agent token's secret is never logged.
+                    log.warning("syncing with the catalog blocked by ACLs, will retry (is acl.tokens.agent valid?): %s", err)
+                elif isinstance(err, ProconsulError):
                     log.warning("syncing with the catalog failed, will retry: %s", err)
                 else:
                     log.exception("syncing with the catalog failed, will retry")
@@ -90,7 +102,7 @@ class AntiEntropy:
     async def sync_full(self) -> None:
         agent = self.agent
         node = agent.config.node_name
-        opts = QueryOptions()
+        opts = QueryOptions(token=agent.agent_token())
         reply = await agent.rpc("Catalog.NodeServiceList", CatalogQuery(name=node, opts=opts))
         checks_reply = await agent.rpc("Health.NodeChecks", CatalogQuery(name=node, opts=opts))
         remote = reply.value or {}
@@ -103,9 +115,10 @@ class AntiEntropy:
             if ls is None:
                 if sid not in LEADER_OWNED_SERVICES:
                     log.info("service %s is in the catalog but not on this agent: removing it", sid)
-                    await self._deregister(DeregisterRequest(node=node, service_id=sid))
+                    await self._remove_unknown("service", sid, DeregisterRequest(node=node, service_id=sid))
                 continue
             if ls.deleted:
+                ls.in_sync = False  # still in the catalog (its deregistration was refused): try again
                 continue
             svc = ls.defn.service
             if svc.enable_tag_override and rs.get("Tags") != svc.tags:
@@ -119,9 +132,10 @@ class AntiEntropy:
             if lc is None:
                 if cid != SERF_CHECK_ID:
                     log.info("check %s is in the catalog but not on this agent: removing it", cid)
-                    await self._deregister(DeregisterRequest(node=node, check_id=cid))
+                    await self._remove_unknown("check", cid, DeregisterRequest(node=node, check_id=cid))
                 continue
             if lc.deleted:
+                lc.in_sync = False
                 continue
             mine, theirs = self._check_json(lc), {k: rc.get(k) for k in _CHECK_FIELDS}
             if lc.deferred is not None:
@@ -133,6 +147,13 @@ class AntiEntropy:
                 lc.in_sync = False
         self.full_syncs += 1
         await self.sync_changes()
+
+    async def _remove_unknown(self, what: str, key: str, req: DeregisterRequest) -> None:
+        """Deregister what the catalog has and this agent does not, with the agent token."""
+        try:
+            await self._deregister(req, self.agent.agent_token())
+        except PermissionDenied as err:
+            log.warning("%s %s deregistration blocked by ACLs: %s", what, key, err)
 
     def _node_matches(self, remote: dict | None) -> bool:
         if remote is None:
@@ -157,48 +178,89 @@ class AntiEntropy:
 
     async def sync_changes(self) -> None:
         """Register or deregister whatever is out of sync (Consul's SyncChanges)."""
-        local, node = self.local, self.agent.config.node_name
+        agent, local, node = self.agent, self.local, self.agent.config.node_name
+        agent_token = agent.agent_token()
+        pending = [e for e in (*local.services.values(), *local.checks.values()) if not e.in_sync and not e.deleted]
+        if any(e.defn.token and e.defn.token != agent_token for e in pending):
+            # The node first, with the agent token, when something goes under a token of its own: that
+            # token may lack node:write, which Consul's vetRegisterWithACL asks only for a node change.
+            await self._sync_node()
         for sid, ls in list(local.services.items()):
             if ls.in_sync:
                 continue
-            if ls.deleted:
-                await self._drop(local.services, sid, ls, DeregisterRequest(node=node, service_id=sid))
-            else:
-                await self._push(ls, local.service_checks(sid))
+            token = ls.defn.token or agent_token
+            try:
+                if ls.deleted:
+                    await self._drop(local.services, sid, ls, DeregisterRequest(node=node, service_id=sid), token)
+                else:
+                    riders = [c for c in local.service_checks(sid) if (c.defn.token or agent_token) == token]
+                    await self._push(ls, riders, token)
+            except PermissionDenied as err:
+                log.warning("service %s %s blocked by ACLs: %s", sid, "deregistration" if ls.deleted else "registration", err)
         for cid, lc in list(local.checks.items()):
             if lc.in_sync:
                 continue
-            if lc.deleted:
-                await self._drop(local.checks, cid, lc, DeregisterRequest(node=node, check_id=cid))
-            elif not lc.defn.service_id or local.service(lc.defn.service_id) is not None:
-                await self._push(None, [lc])  # (a service's checks otherwise ride with their service)
-        if not local.node_in_sync:
-            await self._register(self.agent.node_registration())
-            local.node_in_sync = True
+            token = lc.defn.token or agent_token
+            try:
+                if lc.deleted:
+                    await self._drop(local.checks, cid, lc, DeregisterRequest(node=node, check_id=cid), token)
+                elif not lc.defn.service_id:
+                    await self._push(None, [lc], token)
+                else:
+                    ls = local.services.get(lc.defn.service_id)
+                    if ls is not None and not ls.deleted:
+                        # Sent with its service, as Consul's syncCheck, but under the check's own token.
+                        await self._push(ls, [lc], token, mark_service=False)
+            except PermissionDenied as err:
+                log.warning("check %s %s blocked by ACLs: %s", cid, "deregistration" if lc.deleted else "registration", err)
+        await self._sync_node()
         self.partial_syncs += 1
 
-    async def _push(self, service: Any, checks: list[Any]) -> None:
-        """Register this node with a service and/or checks; mark them in sync if they did not change meanwhile."""
-        seen = [(entry, entry.gen) for entry in ([service] if service is not None else []) + checks]
+    async def _sync_node(self) -> None:
+        """Register this node's own information with the agent token, unless a service push already did."""
+        if self.local.node_in_sync:
+            return
+        try:
+            await self._register(self.agent.node_registration(), self.agent.agent_token())
+        except PermissionDenied as err:
+            node = self.agent.config.node_name
+            log.warning("node info update blocked by ACLs (the agent token needs node:write on %r): %s", node, err)
+        self.local.node_in_sync = True
+
+    async def _push(self, service: Any, checks: list[Any], token: str, mark_service: bool = True) -> None:
+        """Register this node with a service and/or checks; mark them in sync if they did not change meanwhile.
+
+        A refusal (PermissionDenied) marks them too, so only the next full sync tries again.
+        """
+        seen = [(entry, entry.gen) for entry in ([service] if service is not None and mark_service else []) + checks]
         req = self.agent.node_registration()
         if service is not None:
             req.service = service.defn.service
         req.checks = [c.defn.record(c.status, c.output) for c in checks]
-        await self._register(req)
+        try:
+            await self._register(req, token)
+        except PermissionDenied:
+            _mark_synced(seen)
+            raise
         _mark_synced(seen)
         self.local.node_in_sync = True
 
-    async def _drop(self, table: dict, key: str, entry: Any, req: DeregisterRequest) -> None:
+    async def _drop(self, table: dict, key: str, entry: Any, req: DeregisterRequest, token: str) -> None:
         """Deregister a deleted service or check, then forget it (unless it was registered again meanwhile)."""
-        await self._deregister(req)
+        gen = entry.gen
+        try:
+            await self._deregister(req, token)
+        except PermissionDenied:
+            _mark_synced([(entry, gen)])
+            raise
         if table.get(key) is entry:
             del table[key]
 
-    async def _register(self, req: RegisterRequest) -> None:
-        await self.agent.rpc("Catalog.Register", RegisterArgs(req, token=self.agent.agent_token()))
+    async def _register(self, req: RegisterRequest, token: str) -> None:
+        await self.agent.rpc("Catalog.Register", RegisterArgs(req, token=token))
 
-    async def _deregister(self, req: DeregisterRequest) -> None:
-        await self.agent.rpc("Catalog.Deregister", DeregisterArgs(req, token=self.agent.agent_token()))
+    async def _deregister(self, req: DeregisterRequest, token: str) -> None:
+        await self.agent.rpc("Catalog.Deregister", DeregisterArgs(req, token=token))
 
 
 def _mark_synced(seen: list[tuple[Any, int]]) -> None:

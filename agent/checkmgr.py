@@ -141,9 +141,9 @@ class CheckManager:
         index = 0
         while True:
             try:
-                reply = await self.agent.rpc(
-                    "Health.NodeChecks", CatalogQuery(name=defn.alias_node, opts=QueryOptions(index=index, wait=60.0, stale=True))
-                )
+                # With the check's own token, else the agent's (Consul: the check's token, else a default).
+                opts = QueryOptions(index=index, wait=60.0, stale=True, token=defn.token or self.agent.agent_token())
+                reply = await self.agent.rpc("Health.NodeChecks", CatalogQuery(name=defn.alias_node, opts=opts))
                 index = reply.meta.index
                 rows = [(c["Node"], c["ServiceID"], c["Name"], c["Status"], c["Output"]) for c in reply.value]
                 found = any(r[1] == defn.alias_service for r in rows) if defn.alias_service else False

@@ -16,6 +16,13 @@ intentions count as deny here; the proxy enforces them per request), else
 default policy ("Default behavior configured by ACLs"; allow while ACLs are
 off). Like Consul, the trust domain of the client certificate is not checked:
 the caller's TLS layer already verified the chain against the roots.
+
+ACLs: an HTTP caller needs service:write on the target (Consul's ConnectAuthorize),
+which also lets it read the target's intentions. The reads carry a token as
+Consul's cache does, the asker's: an entry is read, and then watched, with the
+token of the last caller that asked about it (the HTTP caller's, else
+``acl.tokens.default``; a managed proxy's sidecar token), and with the agent
+token when an asker brings none.
 """
 
 from __future__ import annotations
@@ -25,13 +32,13 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from proconsul.server import intentions as ix
 from proconsul.server.config_entries import DEFAULT_NAMESPACE, WILDCARD
 from proconsul.server.endpoints.intention import IntentionQuery
-from proconsul.server.errors import BadRequest, ProconsulError
+from proconsul.server.errors import BadRequest, PermissionDenied, ProconsulError
 from proconsul.server.structs import QueryOptions
 
 log = logging.getLogger("proconsul.intentions")
@@ -83,21 +90,27 @@ class Entry:
     version: int = 0
     used: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = None
+    token: str = field(default="", repr=False)  # the last asker's: the watcher reads with it
 
 
 class IntentionCache:
-    """See the module docstring; ``rpc`` is the agent's ``rpc`` (in-process on a server, server RPC on a client)."""
+    """See the module docstring; ``rpc`` is the agent's ``rpc`` (in-process on a server, server RPC on a client).
 
-    def __init__(self, rpc: Any, max_age: float = MAX_AGE) -> None:
+    ``token()`` is the agent token, for askers that bring none (read afresh, so a token set through
+    /v1/agent/token is used from the next read on).
+    """
+
+    def __init__(self, rpc: Any, token: Callable[[], str] = lambda: "", max_age: float = MAX_AGE) -> None:
         self._rpc = rpc
+        self._token = token
         self._max_age = max_age
         self._entries: dict[str, Entry] = {}
         self._pending: dict[str, asyncio.Future] = {}
         self.fetches = 0  # reads that went to the servers
 
-    async def _fetch(self, target: str, index: int) -> tuple[int, list[dict[str, Any]]]:
+    async def _fetch(self, target: str, index: int, token: str) -> tuple[int, list[dict[str, Any]]]:
         self.fetches += 1
-        opts = QueryOptions(stale=True, index=index, wait=BLOCK_WAIT if index else 0.0)
+        opts = QueryOptions(stale=True, index=index, wait=BLOCK_WAIT if index else 0.0, token=token)
         reply = await self._rpc("Intention.Match", IntentionQuery(match_type="destination", names=[target], opts=opts))
         return reply.meta.index, list(reply.value[0] or [])
 
@@ -108,18 +121,23 @@ class IntentionCache:
             entry.used = time.monotonic()
         return entry
 
-    async def get(self, target: str) -> tuple[Entry, bool]:
-        """The target's entry and whether it was already cached; reads it (and starts its watcher) on first use."""
+    async def get(self, target: str, token: str | None = None) -> tuple[Entry, bool]:
+        """The target's entry and whether it was already cached; reads it (and starts its watcher) on first use.
+
+        ``token`` is the asker's (None: the agent token); the watcher reads with the latest asker's.
+        """
+        token = self._token() if token is None else token
         entry = self.peek(target)
         if entry is not None:
+            entry.token = token
             return entry, True
         pending = self._pending.get(target)
         if pending is not None:
             return await asyncio.shield(pending), False
         fut = self._pending[target] = asyncio.get_running_loop().create_future()
         try:
-            index, matches = await self._fetch(target, 0)
-            entry = Entry(matches, index)
+            index, matches = await self._fetch(target, 0, token)
+            entry = Entry(matches, index, token=token)
             self._entries[target] = entry
             entry.task = asyncio.create_task(self._watch(target, entry), name=f"intentions-watch-{target}")
             fut.set_result(entry)
@@ -136,7 +154,7 @@ class IntentionCache:
         try:
             while time.monotonic() - entry.used < self._max_age:
                 try:
-                    index, matches = await self._fetch(target, entry.index)
+                    index, matches = await self._fetch(target, entry.index, entry.token)
                     backoff = 0.5
                 except ProconsulError as err:
                     log.debug("intentions watch %s: %s", target, err)
@@ -172,15 +190,31 @@ def _source_covers(ixn: dict[str, Any], svc: SpiffeService) -> bool:
     return name == WILDCARD or name == svc.service
 
 
-async def authorize(agent: Any, target: str, client_cert_uri: str) -> tuple[dict[str, Any], bool]:
-    """Consul's AgentConnectAuthorize: ({"Authorized", "Reason"}, served from a warm cache entry)."""
+async def authorize(
+    agent: Any, target: str, client_cert_uri: str, token: str | None = None, *, reader_token: str | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Consul's AgentConnectAuthorize: ({"Authorized", "Reason"}, served from a warm cache entry).
+
+    ``token`` is the HTTP caller's: it needs service:write on the target, as Consul's
+    ConnectAuthorize checks before reading intentions (403 otherwise), and the intentions are
+    read with it (an empty one is ``acl.tokens.default``). ``None`` is the agent's own managed
+    proxy asking: no check, and the intentions are read with ``reader_token`` (its sidecar's).
+    """
     if not target:
         raise BadRequest("Target service must be specified")
     svc = parse_service_uri(client_cert_uri)
+    if token is not None:
+        from proconsul.agent import acl as agent_acl
+
+        caller = await agent_acl.caller(agent, token)
+        caller.require(caller.authorizer.service_write(target), "service", "write", target)
+        reader_token = token or agent.config.acl_token_default
     if svc.partition != "default":
         raise BadRequest(f'Mismatched partitions: "{svc.partition}" != "default"')
     try:
-        entry, hit = await agent.intentions.get(target)
+        entry, hit = await agent.intentions.get(target, reader_token)
+    except PermissionDenied:
+        raise
     except ProconsulError as err:
         raise ProconsulError(f"failed getting intention match: {err}") from None
     cfg = agent.config

@@ -19,6 +19,12 @@
   MustRevalidate does.
 * A leaf nobody asked for in ``LEAF_UNUSED_TTL`` (3 days, Consul's cache TTL)
   is dropped with its task.
+* Tokens: the servers' ConnectCA.Sign wants service:write on the service for
+  the token it is given. A leaf is signed, and renewed, with the token of the
+  last caller that asked for it (an empty one means ``acl.tokens.default``, as
+  Consul's parseToken); a managed proxy asks with the token its sidecar was
+  registered with. The roots watch reads with the agent token. Whether an
+  HTTP caller may have the leaf at all is the HTTP handler's check.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Leaf:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task | None = None
+    token: str = field(default="", repr=False)  # the last caller's; signs and renews this leaf
     # Where in the lifetime this leaf is renewed (0.45-0.55), drawn once per leaf.
     renew_fraction: float = field(default_factory=lambda: RENEW_AT + random.uniform(-RENEW_JITTER, RENEW_JITTER))
 
@@ -106,7 +113,7 @@ class LeafCerts:
             self._roots_task = asyncio.create_task(self._watch_roots(), name="connect-ca-roots")
 
     async def _fetch_roots(self, index: int, wait: float) -> None:
-        opts = QueryOptions(index=index, wait=wait if index else 0.0)
+        opts = QueryOptions(index=index, wait=wait if index else 0.0, token=self.agent.agent_token())
         reply = await self.agent.rpc("ConnectCA.Roots", DatacenterRequest(opts=opts))
         self._set_roots(reply.meta.index, reply.value)
 
@@ -162,6 +169,7 @@ class LeafCerts:
         if entry is None:
             entry = self._leaves[service] = Leaf(service)
         entry.last_get = time.monotonic()
+        entry.token = opts.token
         if entry.cert is None:
             await self._issue(entry, 0)
             self._start_maintenance(entry)
@@ -210,7 +218,8 @@ class LeafCerts:
                 return key_pem, ca.make_csr(key, uri)
 
             key_pem, csr = await asyncio.to_thread(make)
-            reply = await self.agent.rpc("ConnectCA.Sign", CASignRequest(csr=csr, service=entry.service, datacenter=dc))
+            token = entry.token or self.agent.config.acl_token_default
+            reply = await self.agent.rpc("ConnectCA.Sign", CASignRequest(csr=csr, service=entry.service, datacenter=dc, token=token))
             cert = ca.parse_cert(reply["CertPEM"])
             out: dict[str, Any] = {}
             for k, v in reply.items():

@@ -53,8 +53,9 @@ def spec_from_service(sid: str, address: str, port: int, proxy: dict[str, Any], 
 
 
 class _Managed:
-    def __init__(self, spec: ProxySpec) -> None:
+    def __init__(self, spec: ProxySpec, source: AgentSource) -> None:
         self.spec = spec
+        self.source = source
         self.proxy: Proxy | None = None
         self.task: asyncio.Task | None = None
         self.failures = 0
@@ -65,7 +66,6 @@ class ProxyManager:
 
     def __init__(self, agent: Any) -> None:
         self.agent = agent
-        self.source = AgentSource(agent)
         self.running: dict[str, _Managed] = {}
 
     def wanted(self) -> dict[str, ProxySpec]:
@@ -91,7 +91,9 @@ class ProxyManager:
                 self._stop(sid)
         for sid, spec in wanted.items():
             if sid not in self.running:
-                m = self.running[sid] = _Managed(spec)
+                # Each proxy acts with the token its sidecar was registered with (else the agent token).
+                source = AgentSource(self.agent, lambda sid=sid: self.agent.service_token(sid))
+                m = self.running[sid] = _Managed(spec, source)
                 m.task = asyncio.create_task(self._supervise(m), name=f"proxy-{sid}")
 
     def proxy(self, sid: str) -> Proxy | None:
@@ -102,7 +104,7 @@ class ProxyManager:
         """Keep one proxy running: start it, and start it again after a failure, with backoff."""
         delay = RESTART_MIN
         while True:
-            proxy = Proxy(m.spec, self.source, self.agent.metrics)
+            proxy = Proxy(m.spec, m.source, self.agent.metrics)
             try:
                 await proxy.start()
             except asyncio.CancelledError:

@@ -43,13 +43,21 @@ def passing_instances(entries: list[dict[str, Any]]) -> list[tuple[str, int]]:
 
 
 class AgentSource:
-    """A managed proxy's view of its own agent."""
+    """A managed proxy's view of its own agent.
 
-    def __init__(self, agent: Any) -> None:
+    ``token()`` is what its reads and its leaf's signing carry: the token its sidecar was registered
+    with, else the agent token (read per call, so a re-registration with another token takes effect).
+    """
+
+    def __init__(self, agent: Any, token: Callable[[], str] | None = None) -> None:
         self.agent = agent
+        self.token: Callable[[], str] = token or agent.agent_token
+
+    def _opts(self, index: int, stale: bool = False) -> QueryOptions:
+        return QueryOptions(stale=stale, index=index, wait=BLOCK_WAIT if index else 0.0, token=self.token())
 
     async def leaf(self, service: str, index: int) -> tuple[int, dict[str, Any]]:
-        cert, _ = await self.agent.leafcerts.leaf(service, QueryOptions(index=index, wait=BLOCK_WAIT if index else 0.0))
+        cert, _ = await self.agent.leafcerts.leaf(service, self._opts(index))
         return int(cert.get("ModifyIndex") or 0), cert
 
     async def roots(self, index: int) -> tuple[int, dict[str, Any]]:
@@ -57,34 +65,32 @@ class AgentSource:
         return new_index, roots
 
     async def connect_instances(self, service: str, index: int) -> tuple[int, list[tuple[str, int]]]:
-        opts = QueryOptions(stale=True, index=index, wait=BLOCK_WAIT if index else 0.0)
-        reply = await self.agent.rpc("Health.ServiceNodes", CatalogQuery(name=service, connect=True, opts=opts))
+        reply = await self.agent.rpc("Health.ServiceNodes", CatalogQuery(name=service, connect=True, opts=self._opts(index, stale=True)))
         return reply.meta.index, passing_instances(reply.value)
 
     async def protocol(self, service: str, index: int) -> tuple[int, str]:
         from proconsul.server.endpoints.config_entry import ConfigEntryQuery
 
-        opts = QueryOptions(stale=True, index=index, wait=BLOCK_WAIT if index else 0.0)
-        sd = await self.agent.rpc("ConfigEntry.Get", ConfigEntryQuery(ce.SERVICE_DEFAULTS, service, opts=opts))
-        pd = await self.agent.rpc("ConfigEntry.Get", ConfigEntryQuery(ce.PROXY_DEFAULTS, ce.PROXY_CONFIG_GLOBAL, opts=QueryOptions(stale=True)))
+        sd = await self.agent.rpc("ConfigEntry.Get", ConfigEntryQuery(ce.SERVICE_DEFAULTS, service, opts=self._opts(index, stale=True)))
+        pd = await self.agent.rpc("ConfigEntry.Get", ConfigEntryQuery(ce.PROXY_DEFAULTS, ce.PROXY_CONFIG_GLOBAL, opts=self._opts(0, stale=True)))
         return sd.meta.index, ce.protocol_of(sd.value, pd.value)
 
     async def authorize(self, target: str, uri: str) -> tuple[bool, str]:
         from proconsul.agent.intentions import authorize
 
-        result, _ = await authorize(self.agent, target, uri)
+        result, _ = await authorize(self.agent, target, uri, reader_token=self.token())
         return result["Authorized"], result["Reason"]
 
     async def intentions(self, target: str) -> IntentionView:
         cache, cfg = self.agent.intentions, self.agent.config
         default = ix.default_allow(cfg.acl_enabled, cfg.acl_default_policy, cfg.default_intention_policy)
-        entry, _ = await cache.get(target)
+        entry, _ = await cache.get(target, self.token())
 
         def view() -> tuple[list[dict[str, Any]], bool]:
             nonlocal entry
             current = cache.peek(target)
             if current is None:  # dropped as unused: fetch it again, meanwhile decide on what we had
-                asyncio.ensure_future(cache.get(target))
+                asyncio.ensure_future(cache.get(target, self.token()))
             else:
                 entry = current
             return entry.matches, default

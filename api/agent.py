@@ -1,26 +1,41 @@
-"""/v1/agent: this agent's own view and controls (Consul's agent endpoints). Reads answer from local state."""
+"""/v1/agent: this agent's own view and controls (Consul's agent endpoints). Reads answer from local state.
+
+ACLs as Consul's agent endpoints enforce them (agent/agent_endpoint.go, agent/acl.go), resolved on this
+agent (``proconsul.agent.acl``; an empty token is ``acl.tokens.default``): self and metrics need
+agent:read on this node; reload, join and leave agent:write; force-leave operator:write; node
+maintenance node:write on this node. Services, checks and members are filtered to what the token may
+read (with ``X-Consul-Results-Filtered-By-ACLs``); one service needs service:read (403). Registrations
+are vetted by ``Agent.vet_*`` (Consul's vetServiceRegister, vetCheckRegister, vetCheckUpdate) and keep
+the caller's token, which anti-entropy syncs them with. With ACLs off the caller is ``OPEN`` and no
+per-item check runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
 import platform
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from proconsul.agent import acl as agent_acl
 from proconsul.agent.structs import check_unknown, fold, parse_check, parse_service
 from proconsul.agent.version import __version__
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, param, query_of, reply_response
+from proconsul.api.headers import FILTERED
 from proconsul.api.lean import Reply, dump_json, read_limited
-from proconsul.api.params import first, has, parse_bool, parse_duration
+from proconsul.api.params import first, has, parse_bool, parse_duration, token_from
 from proconsul.server import shapes
-from proconsul.server.errors import BadRequest, NotFound, ProconsulError
+from proconsul.server.acl import Resolved, masked
+from proconsul.server.errors import ACLDisabled, BadRequest, NotFound, ProconsulError
 from proconsul.server.structs import CatalogQuery, DatacenterRequest, MemberRequest, QueryOptions
 
 router = APIRouter(tags=["agent"])
+agent_log = logging.getLogger("proconsul.agent")
 MAX_BODY = 1024 * 1024
 FILTER = param("filter", "Filter expression (Consul's filtering language)")
 _JSON_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
@@ -34,6 +49,37 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
+
+
+def request_token(request: Request) -> str:
+    """The caller's token as sent (X-Consul-Token, Authorization: Bearer, ?token); "" when none."""
+    return token_from(query_of(request), request.headers)
+
+
+def rpc_token(request: Request) -> str:
+    """The token to pass on to the servers: the caller's, else ``acl.tokens.default`` (Consul's parseToken)."""
+    return request_token(request) or agent_of(request).config.acl_token_default
+
+
+async def caller_of(request: Request) -> Resolved:
+    """Who is calling (``OPEN`` with ACLs disabled); 403 "ACL not found" for an unknown token."""
+    return await agent_acl.caller(agent_of(request), request_token(request))
+
+
+async def _require_agent(request: Request, level: str) -> None:
+    """agent:read / agent:write on this node (Consul's AgentReadAllowed / AgentWriteAllowed)."""
+    caller = await caller_of(request)
+    if caller.unrestricted:
+        return
+    node = agent_of(request).config.node_name
+    allowed = caller.authorizer.agent_read(node) if level == "read" else caller.authorizer.agent_write(node)
+    caller.require(allowed, "agent", level, node)
+
+
+def _filtered_header(request: Request, dropped: bool) -> list[tuple[bytes, bytes]]:
+    """X-Consul-Results-Filtered-By-ACLs when ACLs hid something, never to an anonymous caller (Consul's
+    maskResultsFilteredByACLs)."""
+    return [FILTERED] if masked(rpc_token(request), dropped) else []
 
 
 def _ok(request: Request) -> Response:
@@ -72,6 +118,7 @@ def _filtered(request: Request, schema: str, items: dict[str, dict]) -> dict[str
 
 @router.get("/v1/agent/self", summary="This agent's configuration, member entry and stats")
 async def agent_self(request: Request) -> Response:
+    await _require_agent(request, "read")
     agent = agent_of(request)
     cfg = agent.config
     raft = await agent.rpc("Status.RaftStats", DatacenterRequest()) if cfg.server else {}
@@ -135,12 +182,25 @@ async def agent_self(request: Request) -> Response:
 
 @router.get("/v1/agent/members", summary="The cluster's agents with their liveness", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
 async def agent_members(request: Request) -> Response:
-    reply = await agent_of(request).rpc("Internal.Members", CatalogQuery(opts=QueryOptions(stale=True)))
-    return json_response(request, reply.value)
+    """Consul's AgentMembers with filterMembers: only the members whose node the token may read.
+
+    The member table stands in for Consul's local serf view: the agent reads it with its own token
+    and filters for the caller here (so the agent recovery token works without the servers).
+    """
+    caller = await caller_of(request)
+    agent = agent_of(request)
+    reply = await agent.rpc("Internal.Members", CatalogQuery(opts=QueryOptions(stale=True, token=agent.agent_token())))
+    members, dropped = reply.value, False
+    if not caller.unrestricted:
+        kept = [m for m in members if caller.authorizer.node_read(m["Name"])]
+        dropped = dropped or len(kept) != len(members)
+        members = kept
+    return json_response(request, members, headers=_filtered_header(request, dropped))
 
 
 @router.get("/v1/agent/metrics", summary="Telemetry: Consul's JSON, or Prometheus text with ?format=prometheus")
 async def agent_metrics(request: Request) -> Response:
+    await _require_agent(request, "read")
     metrics = agent_of(request).metrics
     if first(query_of(request), "format") == "prometheus":
         from proconsul.agent.metrics import PROMETHEUS_CONTENT_TYPE
@@ -154,9 +214,17 @@ async def agent_metrics(request: Request) -> Response:
 
 @router.get("/v1/agent/services", summary="Services registered with this agent", openapi_extra={"parameters": [FILTER]})
 async def agent_services(request: Request) -> Response:
+    """Consul's AgentServices with filterServices: only the services the token may read."""
+    caller = await caller_of(request)
     agent = agent_of(request)
-    items = {sid: _local_service_json(agent, sid) for sid in sorted(agent.local.live_services())}
-    return json_response(request, _filtered(request, "AGENT_SERVICE", items))
+    live = agent.local.live_services()
+    dropped = False
+    if not caller.unrestricted:
+        allowed = {sid for sid, defn in live.items() if caller.authorizer.service_read(defn.service.service)}
+        dropped = len(allowed) != len(live)
+        live = {sid: defn for sid, defn in live.items() if sid in allowed}
+    items = {sid: _local_service_json(agent, sid) for sid in sorted(live)}
+    return json_response(request, _filtered(request, "AGENT_SERVICE", items), headers=_filtered_header(request, dropped))
 
 
 @router.api_route("/v1/agent/service/register", methods=["GET", "POST", "DELETE", "PATCH"], include_in_schema=False)
@@ -173,12 +241,16 @@ async def agent_service_register_wrong_method(request: Request) -> Response:
     openapi_extra={"parameters": [param("hash", "Block until the ContentHash differs"), param("wait", "Max wait, a Go duration")]},
 )
 async def agent_service(request: Request, service_id: str) -> Response:
+    caller = await caller_of(request)
     agent = agent_of(request)
     q = query_of(request)
 
     def current() -> dict[str, Any]:
-        if agent.local.service(service_id) is None:
+        defn = agent.local.service(service_id)
+        if defn is None:
             raise NotFound(f"unknown service ID: {service_id}")
+        name = defn.service.service
+        caller.require(caller.authorizer.service_read(name), "service", "read", name)
         body = _local_service_json(agent, service_id)
         body["ContentHash"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         return body
@@ -200,9 +272,20 @@ async def agent_service(request: Request, service_id: str) -> Response:
 
 @router.get("/v1/agent/checks", summary="Checks registered with this agent", openapi_extra={"parameters": [FILTER]})
 async def agent_checks(request: Request) -> Response:
+    """Consul's AgentChecks with filterChecks: service:read for a service's check, node:read for the node's."""
+    caller = await caller_of(request)
     agent = agent_of(request)
     items = {cid: _local_check_json(agent, cid) for cid in sorted(agent.local.live_checks())}
-    return json_response(request, _filtered(request, "HEALTH_CHECK", items))
+    dropped = False
+    if not caller.unrestricted:
+        authz, node = caller.authorizer, agent.config.node_name
+        kept = {
+            cid: c for cid, c in items.items()
+            if (authz.service_read(c["ServiceName"]) if c["ServiceName"] else authz.node_read(node))
+        }
+        dropped = len(kept) != len(items)
+        items = kept
+    return json_response(request, _filtered(request, "HEALTH_CHECK", items), headers=_filtered_header(request, dropped))
 
 
 @router.put(
@@ -211,15 +294,29 @@ async def agent_checks(request: Request) -> Response:
     openapi_extra={"parameters": [TOKEN, param("replace-existing-checks", "Drop the service's checks not in this definition", {"type": "boolean"})], "requestBody": _JSON_BODY},
 )
 async def agent_service_register(request: Request) -> Response:
+    """Consul's AgentRegisterService: validated (400), vetted (403), then kept with the caller's token."""
     defn = parse_service(await _json_body(request))
+    agent = agent_of(request)
+    token = request_token(request)
+    caller = await caller_of(request)
+    agent.vet_service_register(caller, defn.service)
+    if defn.sidecar is not None:
+        # The sidecar goes under its own Token if its block names one, else the request's (Consul's
+        # sidecarServiceFromNodeService), and is vetted with that token.
+        own = defn.sidecar.token if defn.sidecar.token != defn.token else ""
+        defn.sidecar.token = own or token
+        agent.vet_service_register(await agent_acl.caller(agent, own) if own else caller, defn.sidecar.service)
+    defn.token = token  # an API registration's body Token is not used: the request's token is (Consul)
     replace = has(query_of(request), "replace-existing-checks")
-    await agent_of(request).register_service(defn, "api", replace_existing_checks=replace)
+    await agent.register_service(defn, "api", replace_existing_checks=replace)
     return _ok(request)
 
 
 @router.put("/v1/agent/service/deregister/{service_id}", summary="Remove a service and its checks from this agent", openapi_extra={"parameters": [TOKEN]})
 async def agent_service_deregister(request: Request, service_id: str) -> Response:
-    await agent_of(request).deregister_service(service_id)
+    agent = agent_of(request)
+    agent.vet_service_update(await caller_of(request), service_id)
+    await agent.deregister_service(service_id)
     return _ok(request)
 
 
@@ -231,19 +328,27 @@ async def agent_check_register(request: Request) -> Response:
         raise BadRequest("Missing check name")
     if fields.get("status") not in (None, "", "passing", "warning", "critical"):
         raise BadRequest("Bad check status")
-    await agent_of(request).register_check(parse_check(data))
+    defn = parse_check(data)
+    agent = agent_of(request)
+    agent.vet_check_register(await caller_of(request), defn)
+    defn.token = request_token(request)
+    await agent.register_check(defn)
     return _ok(request)
 
 
 @router.put("/v1/agent/check/deregister/{check_id}", summary="Remove a check from this agent", openapi_extra={"parameters": [TOKEN]})
 async def agent_check_deregister(request: Request, check_id: str) -> Response:
-    await agent_of(request).deregister_check(check_id)
+    agent = agent_of(request)
+    agent.vet_check_update(await caller_of(request), check_id)
+    await agent.deregister_check(check_id)
     return _ok(request)
 
 
 def _ttl_route(status: str) -> Any:
     async def handler(request: Request, check_id: str) -> Response:
-        agent_of(request).update_ttl_check(check_id, status, first(query_of(request), "note"))
+        agent = agent_of(request)
+        agent.vet_check_update(await caller_of(request), check_id)
+        agent.update_ttl_check(check_id, status, first(query_of(request), "note"))
         return _ok(request)
 
     handler.__name__ = f"agent_check_{status}"
@@ -271,7 +376,9 @@ async def agent_check_update(request: Request, check_id: str) -> Response:
     output = f.get("output", "")
     if not isinstance(output, str):
         raise BadRequest("Request decode failed: Output: expected a string")
-    agent_of(request).update_ttl_check(check_id, status, output)
+    agent = agent_of(request)
+    agent.vet_check_update(await caller_of(request), check_id)
+    agent.update_ttl_check(check_id, status, output)
     return _ok(request)
 
 
@@ -292,7 +399,9 @@ def _enable(request: Request) -> tuple[bool, str]:
 )
 async def agent_service_maintenance(request: Request, service_id: str) -> Response:
     enable, reason = _enable(request)
-    await agent_of(request).service_maintenance(service_id, enable, reason)
+    agent = agent_of(request)
+    agent.vet_service_update(await caller_of(request), service_id)
+    await agent.service_maintenance(service_id, enable, reason)
     return _ok(request)
 
 
@@ -303,7 +412,11 @@ async def agent_service_maintenance(request: Request, service_id: str) -> Respon
 )
 async def agent_maintenance(request: Request) -> Response:
     enable, reason = _enable(request)
-    await agent_of(request).node_maintenance(enable, reason)
+    agent = agent_of(request)
+    caller = await caller_of(request)
+    node = agent.config.node_name
+    caller.require(caller.authorizer.node_write(node), "node", "write", node)
+    await agent.node_maintenance(enable, reason)
     return _ok(request)
 
 
@@ -312,6 +425,7 @@ async def agent_maintenance(request: Request) -> Response:
 
 @router.put("/v1/agent/join/{address}", summary="Join a server (a server's server RPC address)", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
 async def agent_join(request: Request, address: str) -> Response:
+    await _require_agent(request, "write")
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise BadRequest(f"Invalid address {address!r}: expected host:port of a server's server port")
@@ -324,6 +438,7 @@ async def agent_join(request: Request, address: str) -> Response:
 
 @router.put("/v1/agent/leave", summary="Leave the cluster gracefully and shut this agent down")
 async def agent_leave(request: Request) -> Response:
+    await _require_agent(request, "write")
     agent = agent_of(request)
     # Answer first: leaving ends with this process shutting down.
     asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(agent.leave()))
@@ -332,12 +447,15 @@ async def agent_leave(request: Request) -> Response:
 
 @router.put("/v1/agent/force-leave/{node}", summary="Move a failed node to left, out of the catalog", openapi_extra={"parameters": [TOKEN, param("prune", "Accepted")]})
 async def agent_force_leave(request: Request, node: str) -> Response:
-    await agent_of(request).rpc("Internal.ForceLeave", MemberRequest(name=node))
+    caller = await caller_of(request)
+    caller.require(caller.authorizer.operator_write(), "operator", "write")
+    await agent_of(request).rpc("Internal.ForceLeave", MemberRequest(name=node, token=rpc_token(request)))
     return _ok(request)
 
 
 @router.put("/v1/agent/reload", summary="Re-read the config files (services and checks from them are replaced)")
 async def agent_reload(request: Request) -> Response:
+    await _require_agent(request, "write")
     agent = agent_of(request)
     from proconsul.agent.config import ConfigError
 
@@ -346,4 +464,46 @@ async def agent_reload(request: Request) -> Response:
     except ConfigError as err:
         raise BadRequest(f"Failed to reload configs: {err}") from None
     await agent.reload(new)
+    return _ok(request)
+
+
+# ----------------------------------------------------------------- ACL tokens
+
+# Consul's AgentToken kinds: the name in the URL -> the RuntimeConfig field it sets (legacy names too).
+TOKEN_KINDS = {
+    "default": "acl_token_default",
+    "acl_token": "acl_token_default",
+    "agent": "acl_token_agent",
+    "acl_agent_token": "acl_token_agent",
+    "agent_recovery": "acl_token_agent_recovery",
+    "agent_master": "acl_token_agent_recovery",
+    "acl_agent_master_token": "acl_token_agent_recovery",
+}
+# Kinds Consul takes for features proconsul does not have (ACL replication, DNS tokens, config-file
+# registration tokens): accepted and not used, as the config loader accepts them in acl.tokens.
+IGNORED_TOKEN_KINDS = {"replication", "acl_replication_token", "config_file_service_registration", "dns", "dns_token"}
+_TOKEN_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {"Token": {"type": "string"}}}}}}
+
+
+@router.put(
+    "/v1/agent/token/{kind}",
+    summary="Set one of this agent's ACL tokens (default, agent, agent_recovery; legacy names too) until the next reload",
+    openapi_extra={"parameters": [TOKEN], "requestBody": _TOKEN_BODY},
+)
+async def agent_token(request: Request, kind: str) -> Response:
+    """Consul's AgentToken: 401 with ACLs off, acl:write, then {"Token": "..."}; not persisted."""
+    agent = agent_of(request)
+    if not agent.config.acl_enabled:
+        raise ACLDisabled("ACL support disabled")
+    caller = await caller_of(request)
+    caller.require(caller.authorizer.acl_write(), "acl", "write")
+    secret = fold(await _json_body(request), "AgentToken").get("token", "")
+    if not isinstance(secret, str):
+        raise BadRequest("Request decode failed: Token: expected a string")
+    field = TOKEN_KINDS.get(kind)
+    if field is None and kind not in IGNORED_TOKEN_KINDS:
+        raise NotFound(f'Token "{kind}" is unknown')
+    if field is not None:
+        agent.set_token(field, secret)
+    agent_log.info("updated the agent's ACL token %s", kind)  # the kind, never the secret
     return _ok(request)

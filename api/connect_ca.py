@@ -2,7 +2,8 @@
 
 The /v1/connect/ca routes read and change the servers' CA; the /v1/agent ones
 answer from this agent's cache (``agent.leafcerts``): the roots it watches and
-the leaf certificates it keeps for its services, each with ``X-Cache``.
+the leaf certificates it keeps for its services, each with ``X-Cache``. The
+roots need no token; a leaf needs service:write on its service.
 """
 
 from __future__ import annotations
@@ -131,7 +132,17 @@ async def agent_connect_ca_roots(request: Request) -> Response:
     openapi_extra={"parameters": _BLOCKING},
 )
 async def agent_connect_ca_leaf(request: Request, service: str) -> Response:
-    cert, hit = await agent_of(request).leafcerts.leaf(service, opts_of(request))
+    """service:write on the service (403), as the servers' ConnectCA.Sign wants for the token it is given.
+
+    The check runs here too, so a leaf already cached for another caller is not handed to a token
+    that could not have had it signed. The leaf is signed and renewed with this caller's token.
+    """
+    from proconsul.agent import acl as agent_acl
+
+    agent, opts = agent_of(request), opts_of(request)
+    caller = await agent_acl.caller(agent, opts.token)
+    caller.require(caller.authorizer.service_write(service), "service", "write", service)
+    cert, hit = await agent.leafcerts.leaf(service, opts)
     headers = [(b"x-consul-index", str(cert["ModifyIndex"]).encode()), _cache_header(hit)]
     return reply_response(json_reply(cert, is_pretty(request), headers=headers))
 

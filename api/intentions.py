@@ -274,5 +274,6 @@ async def agent_connect_authorize(request: Request) -> Response:
     target = as_str(f.get("target"), "Target")
     uri = as_str(f.get("clientcerturi"), "ClientCertURI")
     as_str(f.get("clientcertserial"), "ClientCertSerial")
-    result, hit = await authorize(agent_of(request), target, uri)
+    # The caller's token needs service:write on the target (Consul's AgentConnectAuthorize).
+    result, hit = await authorize(agent_of(request), target, uri, opts_of(request).token)
     return json_response(request, result, headers=[(b"x-cache", b"HIT" if hit else b"MISS")])

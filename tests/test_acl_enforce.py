@@ -317,8 +317,10 @@ def test_connect_ca_configuration(agent: AgentProc) -> None:
     op_write = make_token(agent, 'operator = "write"')
     status, roots, _ = eventually(lambda: (lambda r: r if r[0] == 200 else None)(call(agent, "GET", "/v1/connect/ca/roots")))
     assert roots["Roots"]  # roots need no token
-    assert call(agent, "GET", "/v1/connect/ca/configuration")[:2] == (403, anon_denied("operator", "read"))
-    status, conf, _ = eventually(lambda: (lambda r: r if r[0] == 200 else None)(call(agent, "GET", "/v1/connect/ca/configuration", op_read)))
+    # Reading needs operator:write too: the configuration may hold the CA's private key (CVE-2020-28053).
+    assert call(agent, "GET", "/v1/connect/ca/configuration")[:2] == (403, anon_denied("operator", "write"))
+    assert call(agent, "GET", "/v1/connect/ca/configuration", op_read)[:2] == (403, denied(op_read.accessor, "operator", "write"))
+    status, conf, _ = eventually(lambda: (lambda r: r if r[0] == 200 else None)(call(agent, "GET", "/v1/connect/ca/configuration", op_write)))
     body = {"Provider": conf["Provider"], "Config": conf["Config"]}
     assert call(agent, "PUT", "/v1/connect/ca/configuration", op_read, body)[:2] == (403, denied(op_read.accessor, "operator", "write"))
     assert call(agent, "PUT", "/v1/connect/ca/configuration", None, body)[:2] == (403, anon_denied("operator", "write"))

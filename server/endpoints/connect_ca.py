@@ -13,7 +13,7 @@ from typing import Any
 
 from proconsul.server.ca_manager import CONNECT_NOT_ENABLED, ConnectNotEnabled, config_json, roots_json
 from proconsul.server.endpoints import endpoint
-from proconsul.server.errors import ProconsulError
+from proconsul.server.errors import BadRequest, ProconsulError
 from proconsul.server.structs import DatacenterRequest, QueryReply
 
 
@@ -61,11 +61,16 @@ async def connect_ca_roots(srv: Any, args: DatacenterRequest, hops: int) -> Quer
 
 @endpoint("ConnectCA.ConfigurationGet", DatacenterRequest, QueryReply)
 async def connect_ca_configuration_get(srv: Any, args: DatacenterRequest, hops: int) -> QueryReply:
-    """The CA configuration in Consul's JSON shape (ClusterID left out, as Consul's json:"-" does)."""
+    """The CA configuration in Consul's JSON shape (ClusterID left out, as Consul's json:"-" does).
+
+    operator:write, not read: the config may hold the CA's private key (Consul's fix for CVE-2020-28053).
+    """
     _enabled(srv)
     done, result = await srv.forward_read("ConnectCA.ConfigurationGet", args, args.opts, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.opts.token)
+    caller.require(caller.authorizer.operator_write(), "operator", "write")
 
     def shape(config: Any) -> Any:
         if config is None:
@@ -77,21 +82,35 @@ async def connect_ca_configuration_get(srv: Any, args: DatacenterRequest, hops: 
 
 @endpoint("ConnectCA.ConfigurationSet", CAConfigSet)
 async def connect_ca_configuration_set(srv: Any, args: CAConfigSet, hops: int) -> None:
-    """Store a new CA configuration, rotating the root when the key settings changed."""
+    """Store a new CA configuration, rotating the root when the key settings changed; operator:write."""
     _enabled(srv)
     done, result = await srv.forward("ConnectCA.ConfigurationSet", args, args.datacenter, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.token)
+    caller.require(caller.authorizer.operator_write(), "operator", "write")
     await srv.ca_manager.update_configuration(args.provider, args.config, args.state, args.force_without_cross_signing)
     return None
 
 
 @endpoint("ConnectCA.Sign", CASignRequest)
 async def connect_ca_sign(srv: Any, args: CASignRequest, hops: int) -> dict[str, Any]:
-    """Sign a service's CSR on the leader: Consul's IssuedCert JSON, without PrivateKeyPEM (the agent adds it)."""
+    """Sign a service's CSR on the leader: Consul's IssuedCert JSON, without PrivateKeyPEM (the agent adds it).
+
+    The token must have service:write on the service the CSR's SPIFFE ID names, as Consul's Sign checks.
+    """
     _enabled(srv)
     done, result = await srv.forward("ConnectCA.Sign", args, args.datacenter, hops)
     if done:
         return result
+    caller = srv.acl.caller(args.token)
+    if not caller.unrestricted:
+        from proconsul.server import ca
+
+        try:
+            name = ca.check_csr(args.csr).spiffe.service
+        except ca.CAError as err:
+            raise BadRequest(str(err)) from None
+        caller.require(caller.authorizer.service_write(name), "service", "write", name)
     return await srv.ca_manager.sign(args.csr, args.service)
 
