@@ -3,12 +3,15 @@
 Server endpoints answer in these shapes (so a client agent passes them through
 untouched) and the agent uses the same functions for its own /v1/agent views.
 Field order follows Consul's Go structs; ``omitempty`` fields are left out when
-empty, as Go's encoder does.
+empty, as Go's encoder does. ``HealthEntryCache`` keeps health entries encoded, for
+the hot /v1/health/service read.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections import OrderedDict
+from typing import Any, Hashable, Sequence
 
 from proconsul.server.commands import CheckRecord, NodeService
 from proconsul.server.state import HealthCheck, Member, Node, PreparedQuery, ServiceInstance, Session
@@ -194,9 +197,79 @@ def check_json(c: HealthCheck) -> dict[str, Any]:
     }
 
 
-def health_entry_json(n: Node, s: ServiceInstance, checks: list[HealthCheck]) -> dict[str, Any]:
+def health_entry_json(n: Node, s: ServiceInstance, checks: Sequence[HealthCheck]) -> dict[str, Any]:
     """Consul's structs.CheckServiceNode: /v1/health/service/<name> entries."""
     return {"Node": node_json(n), "Service": service_json(s), "Checks": [check_json(c) for c in checks]}
+
+
+class EncodedJSON:
+    """A reply value already encoded as compact JSON (the HTTP layer's non-pretty form), sent as is.
+
+    Not bytes and not a dataclass, so a stray one fails loudly in json.dumps rather than crossing
+    server RPC in some other shape.
+    """
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+def dumps_compact(obj: Any) -> bytes:
+    """Compact JSON, byte for byte what the HTTP layer writes for a non-pretty reply."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+HealthRow = tuple[Node, ServiceInstance, Sequence[HealthCheck]]  # a row of the store's check_service_nodes
+
+
+class HealthEntryCache:
+    """Encoded CheckServiceNode entries, reused while the rows they were encoded from are unchanged.
+
+    Store rows are immutable and every write that changes one puts a new object in its place (a write
+    that changes nothing keeps the old one), so an entry is valid while its node and service rows are
+    the very objects it was built from and its checks the same rows (compared element by element, which
+    is identity first); a restore builds new rows, so it misses everything.
+    Entries are grouped by the read they serve (a service name, plain or connect); a read drops its
+    group's entries for instances it no longer returns, and the least recently read groups go once
+    the cache holds more than ``max_entries`` entries. One event loop uses it: no lock.
+    """
+
+    def __init__(self, max_entries: int = 32768) -> None:
+        self.max_entries = max_entries
+        self.builds = 0  # entries encoded so far (tests count them to see the cache hit)
+        self._groups: OrderedDict[Hashable, dict[tuple[str, str], tuple[Node, ServiceInstance, Sequence[HealthCheck], bytes]]] = OrderedDict()
+        self._size = 0
+
+    def encode(self, group: Hashable, rows: list[HealthRow], chosen: list[HealthRow]) -> EncodedJSON:
+        """The JSON list of ``chosen``'s entries (``chosen`` is a sublist of ``rows``, everything the read returned)."""
+        entries = self._groups.pop(group, None)
+        if entries is None:
+            entries = {}
+        self._size -= len(entries)
+        parts = [b"["]
+        for node, svc, checks in chosen:
+            key = (node.node, svc.service_id)
+            hit = entries.get(key)
+            if hit is None or hit[0] is not node or hit[1] is not svc or hit[2] != checks:
+                hit = (node, svc, checks, dumps_compact(health_entry_json(node, svc, checks)))
+                entries[key] = hit
+                self.builds += 1
+            parts += (hit[3], b",")
+        if len(entries) > len(rows):
+            # Only instances the read once returned get entries: more entries than rows means some are gone.
+            live = {(node.node, svc.service_id) for node, svc, _ in rows}
+            entries = {key: hit for key, hit in entries.items() if key in live}
+        self._groups[group] = entries
+        self._size += len(entries)
+        while self._size > self.max_entries and len(self._groups) > 1:
+            _, dropped = self._groups.popitem(last=False)
+            self._size -= len(dropped)
+        if len(parts) > 1:
+            parts[-1] = b"]"  # the last comma
+        else:
+            parts.append(b"]")
+        return EncodedJSON(b"".join(parts))  # one copy of the body
 
 
 def member_json(m: Member) -> dict[str, Any]:

@@ -14,6 +14,17 @@ never wakes a watcher of service B:
 * watch keys: ``nodes``, ``services``, ``checks`` (list endpoints),
   ``svc:<name>`` (per service) and ``node:<name>`` (per node).
 
+Secondary indexes (rebuilt on restore, kept by every write with undo): services
+by name and by node, checks by node, and checks by (node, service ID) so a
+health read gets an instance's checks without scanning its node's (service ID
+``""`` holds the node-level checks).
+
+Health reads of a service are memoized until something they return changes:
+every such write moves ``service.<name>`` through ``_touch_service`` (which is
+what blocking queries rely on too), and that drops the service's memo; a restore
+drops them all. A write that rolls back has dropped at most a memo that is still
+right, and no read can run inside a write (the lock), so none is left stale.
+
 Writes skip rows that would not change, as Consul's ensure* functions do, so an
 agent's periodic full sync does not churn indexes.
 """
@@ -179,12 +190,15 @@ class CatalogStore:
         self._svc_by_name: dict[str, set[tuple[str, str]]] = {}
         self._svc_by_node: dict[str, set[str]] = {}
         self._chk_by_node: dict[str, set[str]] = {}
+        self._chk_by_svc: dict[tuple[str, str], set[str]] = {}
+        self._health_rows: dict[tuple[str, bool], list[tuple[Node, ServiceInstance, tuple[HealthCheck, ...]]]] = {}
         for key, svc in self._services.items():
             for name in svc.names():
                 self._svc_by_name.setdefault(name, set()).add(key)
             self._svc_by_node.setdefault(key[0], set()).add(key[1])
-        for key in self._checks:
+        for key, check in self._checks.items():
             self._chk_by_node.setdefault(key[0], set()).add(key[1])
+            self._chk_by_svc.setdefault((key[0], check.service_id.lower()), set()).add(key[1])
 
     def _catalog_dump(self) -> dict[str, list[tuple]]:
         def rows(table: dict) -> list[tuple]:
@@ -256,6 +270,8 @@ class CatalogStore:
         """Something a query for service ``name`` (lowercased) returns changed."""
         self._set_index_txn(tx, f"service.{name}")
         tx.watch_keys.add(f"svc:{name}")
+        self._health_rows.pop((name, False), None)
+        self._health_rows.pop((name, True), None)
 
     def _touch_node(self, tx: WriteTxn, lnode: str, services_too: bool) -> None:
         tx.watch_keys.add(f"node:{lnode}")
@@ -317,12 +333,11 @@ class CatalogStore:
         self._touch_node(tx, lnode, services_too=False)
         # Service checks carry the service's name and tags: keep them current.
         if existing is not None and (existing.service_name, existing.tags) != (row.service_name, row.tags):
-            for cid in list(self._chk_by_node.get(lnode, ())):
+            for cid in list(self._chk_by_svc.get(key, ())):
                 check = self._checks[(lnode, cid)]
-                if check.service_id.lower() == lsid:
-                    self._put_check_row_txn(
-                        tx, check._replace(service_name=row.service_name, service_tags=row.tags, modify_index=tx.index)
-                    )
+                self._put_check_row_txn(
+                    tx, check._replace(service_name=row.service_name, service_tags=row.tags, modify_index=tx.index)
+                )
 
     def ensure_check_txn(self, tx: WriteTxn, check: HealthCheck) -> None:
         """Create or update a check; a service check takes its service's name and tags (Consul's ensureCheckTxn)."""
@@ -352,16 +367,20 @@ class CatalogStore:
         if row.status == "critical":
             # Consul invalidates sessions bound to a check that goes critical, in the same transaction.
             self._invalidate_sessions_txn(tx, lnode, row.check_id)
-        if existing is not None and existing.service_id and existing.service_id.lower() != row.service_id.lower():
-            old = self._services.get((lnode, existing.service_id.lower()))
-            if old is not None:
-                for name in old.names():
-                    self._touch_service(tx, name)
+        if existing is not None and existing.service_id.lower() != row.service_id.lower():
+            # The check left its old owner, which changed too: a service, or (a node-level check) every
+            # service on the node.
+            self._touch_check_owner(tx, existing)
 
     def _put_check_row_txn(self, tx: WriteTxn, row: HealthCheck) -> None:
         lnode, lcid = row.node.lower(), row.check_id.lower()
+        existing = self._checks.get((lnode, lcid))
+        lsid = row.service_id.lower()
+        if existing is not None and existing.service_id.lower() != lsid:
+            self._set_remove(tx, self._chk_by_svc, (lnode, existing.service_id.lower()), lcid)
         self._cat_put(tx, self._checks, (lnode, lcid), row)
         self._set_add(tx, self._chk_by_node, lnode, lcid)
+        self._set_add(tx, self._chk_by_svc, (lnode, lsid), lcid)
         self._set_index_txn(tx, "checks")
         tx.watch_keys.add("checks")
         self._touch_check_owner(tx, row)
@@ -388,6 +407,7 @@ class CatalogStore:
         self._invalidate_sessions_txn(tx, key[0], existing.check_id)
         self._cat_del(tx, self._checks, key)
         self._set_remove(tx, self._chk_by_node, key[0], key[1])
+        self._set_remove(tx, self._chk_by_svc, (key[0], existing.service_id.lower()), key[1])
         self._set_index_txn(tx, "checks")
         tx.watch_keys.add("checks")
 
@@ -398,9 +418,8 @@ class CatalogStore:
         existing = self._services.get(key)
         if existing is None:
             return
-        for cid in list(self._chk_by_node.get(lnode, ())):
-            if self._checks[(lnode, cid)].service_id.lower() == lsid:
-                self.delete_check_txn(tx, node, cid)
+        for cid in list(self._chk_by_svc.get(key, ())):
+            self.delete_check_txn(tx, node, cid)
         for name in existing.names():
             self._touch_service(tx, name)
             self._set_remove(tx, self._svc_by_name, name, key)
@@ -510,10 +529,8 @@ class CatalogStore:
             for lnode, lsid in sorted(self._svc_by_name.get(lname, ())):
                 if self._services[(lnode, lsid)].service_name.lower() != lname:
                     continue
-                for cid in sorted(self._chk_by_node.get(lnode, ())):
-                    check = self._checks[(lnode, cid)]
-                    if check.service_id.lower() == lsid:
-                        checks.append(check)
+                for cid in sorted(self._chk_by_svc.get((lnode, lsid), ())):
+                    checks.append(self._checks[(lnode, cid)])
             return self._service_index(lname), checks
 
     def checks_in_state(self, state: str, ws: WatchSet | None = None) -> tuple[int, list[HealthCheck]]:
@@ -525,24 +542,39 @@ class CatalogStore:
 
     def check_service_nodes(
         self, name: str, ws: WatchSet | None = None, connect: bool = False
-    ) -> tuple[int, list[tuple[Node, ServiceInstance, list[HealthCheck]]]]:
+    ) -> tuple[int, list[tuple[Node, ServiceInstance, tuple[HealthCheck, ...]]]]:
         """Instances of a service with their node and the checks that decide their health (Consul's Health.ServiceNodes)."""
         lname = name.lower()
         with self._lock:
             self._watch(ws, f"svc:{lname}")
-            rows = []
-            for key in sorted(self._svc_by_name.get(lname, ())):
-                svc = self._services[key]
+            rows = self._health_rows.get((lname, connect))
+            if rows is None:
+                rows = self._health_rows[(lname, connect)] = self._check_service_nodes_locked(lname, connect)
+            return self._service_index(lname), list(rows)
+
+    def _check_service_nodes_locked(self, lname: str, connect: bool) -> list[tuple[Node, ServiceInstance, tuple[HealthCheck, ...]]]:
+        """check_service_nodes' rows, built from the tables (the lock is held)."""
+        rows = []
+        services, all_checks, nodes, by_svc = self._services, self._checks, self._nodes, self._chk_by_svc
+        for key in sorted(self._svc_by_name.get(lname, ())):
+            svc = services[key]
+            # _matches_kind, inlined: this loop runs once per instance of the hottest read.
+            if connect or svc.kind == "connect-proxy":
                 if not _matches_kind(svc, lname, connect):
                     continue
-                lnode, lsid = key
-                checks = []
-                for cid in sorted(self._chk_by_node.get(lnode, ())):
-                    check = self._checks[(lnode, cid)]
-                    if not check.service_id or check.service_id.lower() == lsid:
-                        checks.append(check)
-                rows.append((self._nodes[lnode], svc, checks))
-            return self._service_index(lname), rows
+            elif svc.service_name.lower() != lname:
+                continue
+            lnode = key[0]
+            # Node-level checks decide every instance's health too; both sets are small.
+            node_level, own = by_svc.get((lnode, "")), by_svc.get(key)
+            if node_level and own:
+                cids = node_level | own
+            else:
+                cids = node_level or own or ()
+            if len(cids) > 1:
+                cids = sorted(cids)
+            rows.append((nodes[lnode], svc, tuple([all_checks[(lnode, cid)] for cid in cids])))
+        return rows
 
     def catalog_counts(self) -> tuple[int, int, int]:
         """(nodes, service instances, checks), for metrics."""
