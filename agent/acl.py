@@ -10,7 +10,8 @@ This is what every endpoint will call to enforce ACLs (Consul's agent.resolveTok
   (``proconsul.server.acl.ACLResolver``, cached until an ACL table changes).
 * On a client agent the servers answer ``ACL.ResolveIdentity``; the result is
   cached for ``acl.token_ttl``. When no server answers, ``down_policy``
-  extend-cache / async-cache keep using an expired cache entry; otherwise the
+  extend-cache / async-cache keep using an expired cache entry; ``allow`` and
+  ``deny`` allow or deny everything (ACLs themselves excepted); otherwise the
   error propagates.
 
 Unknown or expired secrets raise PermissionDenied("ACL not found") (403).
@@ -22,12 +23,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from proconsul.server import acl_authz
 from proconsul.server.acl import ACL_NOT_FOUND, OPEN, Resolved, build_authorizer
 from proconsul.server.endpoints.acl import ACLResolveArgs
 from proconsul.server.errors import PermissionDenied, RPCError
 from proconsul.server.state.acl import ACLPolicy, ACLRole, ACLToken
 
 AGENT_RECOVERY_ACCESSOR = "agent-recovery"
+# Consul's down_policy allow / deny: with no server to ask, every token gets this.
+DOWN_POLICIES = {
+    "allow": Resolved(None, "down-policy-allow", acl_authz.allow_all()),
+    "deny": Resolved(None, "down-policy-deny", acl_authz.deny_all()),
+}
 _MAX_CACHE = 4096
 
 
@@ -74,6 +81,8 @@ async def resolve(agent: Any, secret: str) -> Resolved | None:
     except RPCError:
         if hit is not None and cfg.acl_down_policy in ("extend-cache", "async-cache"):
             return hit[1]
+        if cfg.acl_down_policy in DOWN_POLICIES:
+            return DOWN_POLICIES[cfg.acl_down_policy]
         raise
     if not isinstance(data, dict) or "token" not in data:
         raise PermissionDenied(ACL_NOT_FOUND)

@@ -221,3 +221,27 @@ def replace_agent_config(agent, **changes):
     from dataclasses import replace
 
     return SimpleNamespace(config=replace(agent.config, **changes), server=agent.server)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy,allowed", [("allow", True), ("deny", False)])
+async def test_client_down_policy_allow_and_deny(policy, allowed):
+    """No server answers and nothing is cached: down_policy allow/deny decides every check (not ACL management)."""
+    from proconsul.agent import config
+    from proconsul.agent.acl import resolve
+    from proconsul.server.errors import RPCError
+
+    async def no_servers(method, args):
+        raise RPCError("no servers")
+
+    cfg = config.build({"dev": True, "node_name": "c", "port_http": -1, "port_dns": -1}, [], [])
+    from dataclasses import replace
+
+    cfg = replace(cfg, acl_enabled=True, acl_default_policy="deny", acl_down_policy=policy)
+    agent = SimpleNamespace(config=cfg, server=None, rpc=no_servers)
+    got = await resolve(agent, "some-secret")
+    assert got.authorizer.key_write("k") is allowed and got.authorizer.service_read("web") is allowed
+    assert not got.authorizer.acl_write()
+    agent.config = replace(cfg, acl_down_policy="extend-cache")  # nothing cached to extend: the error shows
+    with pytest.raises(RPCError):
+        await resolve(agent, "other-secret")
