@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
+from proconsul.server.codec import compact_json
 from proconsul.api.errors import allow_header, method_not_allowed_body, status_for
 from proconsul.api.headers import COMMON, JSON, TEXT
 from proconsul.server.errors import ProconsulError, TooLarge
@@ -91,7 +92,7 @@ def dump_json(obj: Any, pretty: bool) -> bytes:
     """Consul's marshalJSON: compact, or 4-space indented with a trailing newline."""
     if pretty:
         return json.dumps(obj, indent=4).encode() + b"\n"
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return compact_json(obj)
 
 
 def json_reply(obj: Any, pretty: bool, status: int = 200, headers: Headers | None = None) -> Reply:

@@ -2,7 +2,7 @@
 
 Contract (hashicorp/raft's FSM, adapted to pysyncobj):
 
-* ``apply(payload, index)`` runs on pysyncobj's thread for every committed entry,
+* ``apply(payload, index)`` runs inside a Raft tick (on the event loop) for every committed entry,
   in log order, on every server. It is deterministic — no clock, randomness or
   I/O — so replicas stay identical.
 * It never raises for a bad command: a store error is *returned* as the result
@@ -27,6 +27,7 @@ from proconsul.server.commands import (
     ACLRoleRequest,
     ACLTokenRecord,
     ACLTokenRequest,
+    Batch,
     BarrierRequest,
     CALeafRequest,
     CARequest,
@@ -92,8 +93,13 @@ class FSM:
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
-        """Apply one committed entry at ``index``; returns the result or the error (see module docstring)."""
+        """Apply one committed entry at ``index``; returns the result or the error (see module docstring).
+
+        A Batch applies its commands in order at the same index and returns their results as a list.
+        """
         cmd = decode(payload)  # UnknownCommandError propagates on purpose
+        if type(cmd) is Batch:
+            return [self.apply(p, index) for p in cmd.payloads]
         try:
             return self._handlers[type(cmd)](cmd, index)
         except ProconsulError as err:

@@ -97,9 +97,10 @@ class Server:
         """Listen for RPC, then start Raft now (dev, bootstrap, known peers) or once enough servers joined."""
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        self.state.notify = lambda chs: loop.call_soon_threadsafe(fire_all, chs)
-        self.state.on_tombstone = lambda index: loop.call_soon_threadsafe(self.leader_duties.hint_tombstone, index)
-        self.state.on_lock_delay = lambda keys, delay: loop.call_soon_threadsafe(self.lock_delays.record, keys, delay)
+        # Raft applies on this loop (RaftNode ticks here): fire watches once the apply is over.
+        self.state.notify = lambda chs: loop.call_soon(fire_all, chs)
+        self.state.on_tombstone = lambda index: loop.call_soon(self.leader_duties.hint_tombstone, index)
+        self.state.on_lock_delay = lambda keys, delay: loop.call_soon(self.lock_delays.record, keys, delay)
         await self.rpc.start(self.config.bind_addr, self.config.server_port)
         self._tasks.append(asyncio.create_task(self.members.run(), name="membership"))
 
@@ -110,8 +111,7 @@ class Server:
         await self.rpc.stop()
         self.pool.close()
         if self.raft is not None:
-            raft = self.raft
-            await asyncio.get_running_loop().run_in_executor(None, raft.stop)
+            self.raft.stop()
 
     def start_raft(self, peers: list[str]) -> None:
         """Start the Raft node with these voters (raft addresses); persists them for restarts."""

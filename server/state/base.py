@@ -2,7 +2,7 @@
 
 Invariants (the FSM relies on them, as hashicorp/raft's FSM contract does):
 
-* Writes happen on one thread only (pysyncobj's apply thread) and take the Raft
+* Writes happen on one thread only (the event loop's, where Raft applies) and take the Raft
   index of the entry that carries them; no clock, randomness or I/O here, so
   every replica that applies the same log holds the same rows.
 * Every row carries ``create_index``/``modify_index``; the ``index`` table keeps
