@@ -13,9 +13,11 @@ from proconsul.server.commands import (
     TombstoneRequest,
     TxnKVOp,
     TxnRequest,
+    Batch,
     UnknownCommandError,
     decode,
     encode,
+    encode_batch,
 )
 from proconsul.server.errors import StoreError
 from proconsul.server.fsm import FSM, TxnResult
@@ -32,6 +34,22 @@ def test_commands_round_trip_through_the_wire_form():
     ]
     for cmd in cmds:
         assert decode(encode(cmd)) == cmd
+
+
+def test_a_batch_applies_in_order_at_one_index_with_a_result_each():
+    payloads = [
+        encode(KVSRequest(op="set", key="a", value=b"1")),
+        encode(KVSRequest(op="cas", key="a", value=b"2", index=7)),  # a's index is 7 by now: wins
+        encode(KVSRequest(op="cas", key="a", value=b"3", index=6)),  # stale index: loses
+        encode(KVSRequest(op="lock", key="b", value=b"v", session="nope")),  # an error, in its slot only
+        encode(KVSRequest(op="set", key="c", value=b"")),
+    ]
+    assert decode(encode_batch(payloads)) == Batch(payloads)
+    st = StateStore()
+    results = FSM(st).apply(encode_batch(payloads), 7)
+    assert results[:3] == [True, True, False] and isinstance(results[3], StoreError) and results[4] is True
+    assert st.kv_get("a")[1].value == b"2" and st.kv_get("a")[1].modify_index == 7
+    assert st.kv_get("b")[1] is None and st.kv_get("c")[1].modify_index == 7
 
 
 def test_unknown_command_type_is_refused_not_skipped():

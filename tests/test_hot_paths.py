@@ -1,0 +1,126 @@
+"""Guards for the write and read hot paths (issue 9): the invariants their speed rests on, not timings.
+
+* KV reads and writes, /v1/health/service and /v1/catalog/service never reach FastAPI (no
+  routing tables, no pydantic validation): the lean handlers answer them.
+* Writes proposed in one event-loop turn share one Raft log entry, and each still gets its own
+  result (of N check-and-set writes on one key at one index, exactly one wins).
+* A write with nothing in flight is not held back for company.
+* A response's head and body leave with one write on the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from proconsul.api.protocol import FLUSH_AT, CoalescingTransport
+
+pytestmark = pytest.mark.anyio
+
+
+class _NoFastAPI:
+    """Stands where FastAPI sits in the app and fails any request that reaches it."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        self.paths.append(scope.get("path", ""))
+        await self.real(scope, receive, send)
+
+
+async def test_hot_routes_never_reach_fastapi(api):
+    from proconsul.api.app import build_app
+
+    app = build_app(api.agent)
+    guard = _NoFastAPI(app.fastapi_app)
+    app.fastapi_app = guard
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as c:
+        assert (await c.put("/v1/kv/hot/a", content=b"1")).status_code == 200
+        assert (await c.get("/v1/kv/hot/a")).status_code == 200
+        assert (await c.get("/v1/kv/hot/", params={"recurse": ""})).status_code == 200
+        assert (await c.get("/v1/kv/hot/a", params={"stale": ""})).status_code == 200
+        assert (await c.delete("/v1/kv/hot/a")).status_code == 200
+        assert (await c.get("/v1/health/service/consul", params={"passing": ""})).status_code == 200
+        assert (await c.get("/v1/catalog/service/consul")).status_code == 200
+        assert guard.paths == []
+        # The guard sees what does go to FastAPI.
+        assert (await c.get("/v1/status/leader")).status_code == 200
+        assert guard.paths == ["/v1/status/leader"]
+
+
+async def test_writes_of_one_loop_turn_share_a_log_entry_with_their_own_results(api):
+    from proconsul.server.commands import KVSRequest
+
+    raft = api.agent.server.raft
+    assert await raft.apply(KVSRequest(op="set", key="batch/k", value=b"init")) is True
+    _, entry = api.agent.server.state.kv_get("batch/k")
+    before = raft.last_log_index()
+    writes = [raft.apply(KVSRequest(op="cas", key="batch/k", value=str(i).encode(), index=entry.modify_index)) for i in range(20)]
+    writes += [raft.apply(KVSRequest(op="set", key=f"batch/{i}", value=b"x")) for i in range(20)]
+    results = await asyncio.gather(*writes)
+    assert results[:20].count(True) == 1 and results[:20].count(False) == 19
+    assert results[20:] == [True] * 20
+    # The first write went at once (nothing was in flight); the other 39 shared one entry.
+    assert raft.last_log_index() - before == 2
+
+
+async def test_a_lone_write_goes_at_once(api):
+    from proconsul.server.commands import KVSRequest
+
+    raft = api.agent.server.raft
+    before = raft.last_log_index()
+    task = asyncio.ensure_future(raft.apply(KVSRequest(op="set", key="alone", value=b"1")))
+    await asyncio.sleep(0)  # the task runs up to its await: the entry is handed over, not queued for later
+    assert raft._batch == [] and raft._submitted != raft._settled
+    assert await task is True and raft.last_log_index() == before + 1
+
+
+class _Recorder(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+async def test_head_and_body_leave_in_one_write():
+    loop = asyncio.get_running_loop()
+    real = _Recorder()
+    t = CoalescingTransport(real, loop)
+    t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+    t.write(b"true")
+    assert real.writes == []
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ntrue"]
+    # Anything else is the real transport's.
+    assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+
+
+async def test_large_writes_and_close_do_not_wait():
+    loop = asyncio.get_running_loop()
+    real = _Recorder()
+    t = CoalescingTransport(real, loop)
+    t.write(b"a" * FLUSH_AT)
+    assert real.writes == [b"a" * FLUSH_AT]
+    t.write(b"tail")
+    t.close()
+    assert real.writes[-1] == b"tail" and real.closed
+    await asyncio.sleep(0)  # the scheduled flush finds nothing left
+    assert len(real.writes) == 2
