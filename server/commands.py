@@ -424,7 +424,7 @@ class UnknownCommandError(Exception):
 
 
 # Commands that may share a log entry (and so a Raft index) with others: see Batch.
-BATCHABLE: frozenset[type] = frozenset({KVSRequest, TxnRequest, RegisterRequest, DeregisterRequest})
+BATCHABLE: frozenset[type] = frozenset({KVSRequest, TxnRequest, RegisterRequest, DeregisterRequest, BarrierRequest})
 
 
 def encode(cmd: Any) -> bytes:

@@ -493,7 +493,9 @@ class RaftNode:
 
         def done(res: Any, err: int) -> None:
             self._settled += 1
-            settle(res, err)
+            # After the watches this apply fired (queued by the store's notify hook): blocking queries,
+            # and the agent caches they feed, see a write before its proposer answers.
+            self._loop.call_soon(settle, res, err)
 
         if sync is None:
             settle(None, FAIL_REASON.MISSING_LEADER)
