@@ -173,6 +173,8 @@ class Server:
     async def forward(self, method: str, args: Any, datacenter: str, hops: int) -> tuple[bool, Any]:
         """Consul's forward for writes: (False, None) when this server is the leader, else the leader's answer."""
         self.check_datacenter(datacenter)
+        if self.is_leader():  # the common case, without a coroutine per call
+            return False, None
         return await self._forward_to_leader(method, args, hops)
 
     async def forward_read(self, method: str, args: Any, opts: QueryOptions, hops: int) -> tuple[bool, Any]:
@@ -180,7 +182,7 @@ class Server:
         self.check_datacenter(opts.datacenter)
         if opts.stale and opts.consistent:
             raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
-        if opts.stale:
+        if opts.stale or (self._consistent_ready and self.is_leader()):
             return False, None
         done, result = await self._forward_to_leader(method, args, hops)
         if not done:
