@@ -88,6 +88,24 @@ async def test_without_the_ui_root_answers_plain_text_and_ui_is_404(api):
         assert (await client.get("/ui/app.js")).status_code == 404
 
 
+def test_ui_is_on_in_dev_and_with_the_flag_or_ui_config(tmp_path):
+    from proconsul.agent import config
+    from proconsul.agent.config import ConfigError
+
+    def ui(flags: dict[str, Any], file: dict[str, Any] | None = None) -> bool:
+        files = []
+        if file is not None:
+            (tmp_path / "ui.json").write_text(json.dumps(file))
+            files = [str(tmp_path / "ui.json")]
+        return config.build({"data_dir": str(tmp_path), **flags}, files, []).ui
+
+    assert ui({"dev": True}) and not ui({})
+    assert ui({"ui": True}) and ui({}, {"ui_config": {"enabled": True}}) and ui({}, {"ui": True})
+    assert not ui({"dev": True}, {"ui_config": {"enabled": False}})
+    with pytest.raises(ConfigError, match="ui_config.enabled: expected true or false"):
+        ui({}, {"ui_config": {"enabled": "maybe"}})
+
+
 def test_every_ui_file_is_package_data_and_every_import_resolves():
     from proconsul.api.ui import ui_files
 
@@ -124,14 +142,22 @@ def test_a_built_wheel_ships_the_ui(tmp_path):
 # ----------------------------------------------------------------- in a browser
 
 
+def _announce(request: pytest.FixtureRequest, text: str, **markup: bool) -> None:
+    """A line on the terminal even while output is captured."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\n" + text, **markup)
+
+
 @pytest.fixture(scope="module")
 def chromium(request: pytest.FixtureRequest) -> Iterator[Any]:
     if not (CHROMIUM and DRIVER):
         msg = ("BROWSER TESTS SKIPPED: Debian's chromium and chromium-driver are not installed "
                "(`make test` installs them: apt-get install chromium chromium-driver)")
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("\n" + "!" * len(msg) + "\n" + msg + "\n" + "!" * len(msg), red=True, bold=True)
+        _announce(request, "!" * len(msg) + "\n" + msg + "\n" + "!" * len(msg), red=True, bold=True)
         pytest.skip(msg)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -175,9 +201,8 @@ def shots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         return path
 
     yield save
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and taken:
-        reporter.write_line(f"\nUI screenshots ({len(taken)}): {root}")
+    if taken:
+        _announce(request, f"UI screenshots ({len(taken)}): {root}")
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +274,7 @@ def _kv(agent: AgentProc, key: str) -> str | None:
     return r.text if r.status_code == 200 else None
 
 
-def test_every_page_loads_and_shows_the_catalog(ui_agent, browser, shots):
+def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     a = ui_agent
     _put(a, "/v1/agent/service/register", {"Name": "db", "Port": 5432, "Tags": ["primary"], "Check": {"TTL": "300s", "Status": "passing"}})
     _put(a, "/v1/agent/service/register", {
@@ -267,6 +292,11 @@ def test_every_page_loads_and_shows_the_catalog(ui_agent, browser, shots):
     assert "in mesh" in _el(browser, 'tr[data-service="web"]').text
     assert not [x for x in browser.find_elements("css selector", ".acl-only") if x.is_displayed()], "ACL pages only with ACLs on"
     shots(browser, "services")
+    # Live: a service registered elsewhere shows up without a reload.
+    browser.execute_script("window.sameDocument = true")
+    _put(a, "/v1/catalog/register", {"Node": "extnode", "Address": "127.0.0.2", "Service": {"Service": "late", "Port": 9000}})
+    _el(browser, '#services-table tr[data-service="late"]', "1 instance")
+    assert browser.execute_script("return window.sameDocument") is True
     _type(_el(browser, "#service-search"), "prim")  # a tag matches too
     _gone(browser, 'tr[data-service="web"]')
     _el(browser, 'tr[data-service="db"]')
@@ -291,6 +321,11 @@ def test_every_page_loads_and_shows_the_catalog(ui_agent, browser, shots):
     _open(browser, a, "nodes")
     node = _el(browser, '#nodes-table tr[data-node="uinode"]', "alive")
     assert "web-sidecar-proxy" in node.text and "127.0.0.1" in node.text
+    assert "late" in _el(browser, '#nodes-table tr[data-node="extnode"]', "127.0.0.2").text  # no agent: liveness unknown
+    browser.execute_script("window.sameDocument = true")
+    _put(a, "/v1/catalog/register", {"Node": "extnode", "Address": "127.0.0.2", "Service": {"Service": "later", "Port": 9001}})
+    _el(browser, '#nodes-table tr[data-node="extnode"]', "later")
+    assert browser.execute_script("return window.sameDocument") is True
     shots(browser, "nodes")
     _el(browser, '#nodes-table tr[data-node="uinode"] a').click()
     _el(browser, "#node-services", "web")
@@ -314,7 +349,7 @@ def test_every_page_loads_and_shows_the_catalog(ui_agent, browser, shots):
     assert _script_errors(browser, ("/v1/acl/token/self",)) == []
 
 
-def test_kv_create_edit_with_cas_and_delete(ui_agent, browser, shots):
+def test_kv_create_edit_with_cas_and_delete(browser, ui_agent, shots):
     a = ui_agent
     _open(browser, a, "kv/")
     _type(_el(browser, "#kv-new-key"), "ui/created")
@@ -361,7 +396,7 @@ def test_kv_create_edit_with_cas_and_delete(ui_agent, browser, shots):
     assert _kv(a, "ui/created") is None
 
 
-def test_deny_intention_flips_the_check_and_errors_show_by_the_form(ui_agent, browser, shots):
+def test_deny_intention_flips_the_check_and_errors_show_by_the_form(browser, ui_agent, shots):
     a = ui_agent
     _open(browser, a, "intentions")
     _type(_el(browser, "#check-source"), "front")
@@ -419,7 +454,7 @@ def test_deny_intention_flips_the_check_and_errors_show_by_the_form(ui_agent, br
     _el(browser, "#check-result [data-allowed]", "Allowed")
 
 
-def test_a_failing_ttl_check_turns_red_within_2s(ui_agent, browser, shots):
+def test_a_failing_ttl_check_turns_red_within_2s(browser, ui_agent, shots):
     a = ui_agent
     _put(a, "/v1/agent/service/register", {"Name": "ttlsvc", "Port": 7000, "Check": {"CheckID": "ttlsvc-ttl", "TTL": "3s", "Status": "passing"}})
     _open(browser, a, "services")
@@ -458,7 +493,7 @@ def test_a_failing_ttl_check_turns_red_within_2s(ui_agent, browser, shots):
     assert browser.execute_script("return getComputedStyle(arguments[0]).color", badge) == RED
 
 
-def test_acl_login_permission_denied_and_pages_after_login(acl_agent, browser, shots):
+def test_acl_login_permission_denied_and_pages_after_login(browser, acl_agent, shots):
     a = acl_agent
     expected = ("/v1/acl/", "/v1/kv/")  # 403s the test provokes on purpose
     _open(browser, a, "services")

@@ -86,22 +86,25 @@ function renderBanner() {
 function show() {
   current?.abort();
   current = new AbortController();
-  const route = decodeURI(location.hash.replace(/^#\/?/, "")) || "services";
   const path = location.hash.replace(/^#\/?/, "") || "services";
   const main = document.getElementById("main");
   main.replaceChildren();
   for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("active", route === a.dataset.section || route.startsWith(a.dataset.section + "/") || (a.dataset.section === "kv" && route.startsWith("kv")));
+    a.classList.toggle("active", path === a.dataset.section || path.startsWith(a.dataset.section + "/"));
   }
   for (const [re, page] of ROUTES) {
     const m = path.match(re);
-    if (m) {
-      const args = m.slice(1).map((s) => s.split("/").map(decodeURIComponent).join("/"));
-      page({ main, args, signal: current.signal, session });
-      return;
+    if (!m) continue;
+    let args;
+    try {
+      args = m.slice(1).map((s) => s.split("/").map(decodeURIComponent).join("/"));
+    } catch {
+      break; // a malformed %-escape
     }
+    page({ main, args, signal: current.signal, session });
+    return;
   }
-  fill(main, h("div", { class: "error" }, `No page at #/${route}`));
+  fill(main, h("div", { class: "error" }, `No page at #/${path}`));
 }
 
 async function refresh() {

@@ -38,6 +38,8 @@ export function list({ main, signal }) {
 
   let nodes = null;
   let checks = [];
+  let byName = new Map(); // member name -> /v1/agent/members entry
+  let services = new Map(); // node -> its service names
   let rows = [];
   const render = () => {
     const q = search.value.trim().toLowerCase();
@@ -52,29 +54,39 @@ export function list({ main, signal }) {
   };
   search.addEventListener("input", render);
 
-  const refresh = coalesced(async () => {
+  const compose = () => {
     if (!nodes) return;
-    const [byName, services] = await Promise.all([
-      members(signal),
-      mapLimit(nodes, 4, async (n) => (await api("GET", `/v1/catalog/node-services/${encodeURIComponent(n.Node)}`, { signal })).data),
-    ]);
-    rows = nodes.map((n, i) => {
+    rows = nodes.map((n) => {
       const mine = checks.filter((c) => c.Node === n.Node);
-      const names = [...new Set((services[i]?.Services || []).map((s) => s.Service))].sort();
-      return { name: n.Node, address: n.Address, state: liveness(byName.get(n.Node), mine), services: names, counts: counts(mine), worst: worst(mine) };
+      return { name: n.Node, address: n.Address, state: liveness(byName.get(n.Node), mine), services: services.get(n.Node) || [], counts: counts(mine), worst: worst(mine) };
     });
     const inCatalog = new Set(nodes.map((n) => n.Node));
     for (const m of byName.values()) {
       if (!inCatalog.has(m.Name)) rows.push({ name: m.Name, address: m.Addr, state: MEMBER_STATUS[m.Status] || "unknown", services: [], counts: {}, worst: "passing", left: true });
     }
     render();
+  };
+  // Each node's services: refetched when the nodes or the catalog's services change, not on check changes.
+  const refresh = coalesced(async () => {
+    if (!nodes) return;
+    const found = await mapLimit(nodes, 4, async (n) => (await api("GET", `/v1/catalog/node-services/${encodeURIComponent(n.Node)}`, { signal })).data);
+    services = new Map(nodes.map((n, i) => [n.Node, [...new Set((found[i]?.Services || []).map((s) => s.Service))].sort()]));
+    compose();
   });
-  const update = () => refresh().then(() => showError(errors[2], null), (err) => { if (!signal.aborted) showError(errors[2], err, "Node details"); });
+  const update = () => refresh().then(() => showError(errors[2], null), (err) => { if (!signal.aborted) showError(errors[2], err, "Node services"); });
 
-  watch("/v1/catalog/nodes", {}, signal, (data) => { nodes = data || []; update(); }, onFail(errors[0], "Nodes", body));
-  watch("/v1/health/state/any", {}, signal, (data) => { checks = data || []; update(); }, (err) => showError(errors[1], err, "Health checks"));
-  // Membership is not a blocking query: poll it, so a node that leaves shows without a reload.
-  (async () => { while (!signal.aborted) { await sleep(5000, signal); if (!signal.aborted) update(); } })();
+  watch("/v1/catalog/nodes", {}, signal, (data) => { nodes = data || []; compose(); update(); }, onFail(errors[0], "Nodes", body));
+  watch("/v1/catalog/services", {}, signal, update, (err) => showError(errors[2], err, "Services"));
+  watch("/v1/health/state/any", {}, signal, (data) => { checks = data || []; compose(); }, (err) => showError(errors[1], err, "Health checks"));
+  // Membership is not a blocking query: poll it, so a node that fails or leaves shows without a reload.
+  (async () => {
+    while (!signal.aborted) {
+      const next = await members(signal).catch(() => byName);
+      const key = (m) => JSON.stringify([...m.values()].map((x) => [x.Name, x.Status, x.Addr]));
+      if (key(next) !== key(byName)) { byName = next; compose(); }
+      await sleep(3000, signal);
+    }
+  })();
 }
 
 export function detail({ main, args: [name], signal }) {

@@ -33,15 +33,30 @@ export function list({ main, signal }) {
   search.addEventListener("input", render);
   health.addEventListener("change", render);
 
-  // Instance and check counts come from each service's health; refetched whenever the catalog's
-  // services or any check changes (the two watches below), a burst of changes coalescing into one.
+  // Instance and check counts come from each service's health. A change in the catalog's services
+  // refetches every service; a check change refetches only the services whose checks changed (all of
+  // them when a node's own check did). Bursts of changes coalesce into one refresh.
+  const found = new Map(); // name -> /v1/health/service entries
+  let stale = new Set();
+  let allStale = true;
+  let statuses = new Map(); // ServiceName ("" for node checks) -> its checks' statuses
   const refresh = coalesced(async () => {
     if (!names) return;
     const all = Object.keys(names).sort();
-    const found = await mapLimit(all, 4, async (name) => (await api("GET", `/v1/health/service/${encodeURIComponent(name)}`, { signal })).data || []);
+    const todo = all.filter((n) => allStale || stale.has(n) || !found.has(n));
+    allStale = false;
+    stale = new Set();
+    try {
+      const fetched = await mapLimit(todo, 4, async (name) => (await api("GET", `/v1/health/service/${encodeURIComponent(name)}`, { signal })).data || []);
+      todo.forEach((name, i) => found.set(name, fetched[i]));
+    } catch (err) {
+      allStale = true;
+      throw err;
+    }
+    for (const name of found.keys()) if (!(name in names)) found.delete(name);
     const meshed = new Set();
-    rows = all.map((name, i) => {
-      const entries = found[i];
+    rows = all.map((name) => {
+      const entries = found.get(name);
       const checks = entries.flatMap((e) => e.Checks);
       const proxy = entries.length > 0 && entries.every((e) => e.Service.Kind === "connect-proxy");
       for (const e of entries) if (e.Service.Proxy?.DestinationServiceName) meshed.add(e.Service.Proxy.DestinationServiceName);
@@ -54,9 +69,20 @@ export function list({ main, signal }) {
     render();
   });
   const update = () => refresh().then(() => showError(errors[2], null), (err) => { if (!signal.aborted) showError(errors[2], err, "Service health"); });
+  const checksChanged = (checks) => {
+    const now = new Map();
+    for (const c of checks || []) now.set(c.ServiceName, `${now.get(c.ServiceName) || ""}${c.Node}/${c.CheckID}=${c.Status};`);
+    for (const name of new Set([...now.keys(), ...statuses.keys()])) {
+      if (now.get(name) === statuses.get(name)) continue;
+      if (name === "") allStale = true;
+      else stale.add(name);
+    }
+    statuses = now;
+    update();
+  };
 
-  watch("/v1/catalog/services", {}, signal, (data) => { names = data || {}; update(); }, onFail(errors[0], "Services", body));
-  watch("/v1/health/state/any", {}, signal, update, (err) => showError(errors[1], err, "Health checks"));
+  watch("/v1/catalog/services", {}, signal, (data) => { names = data || {}; allStale = true; update(); }, onFail(errors[0], "Services", body));
+  watch("/v1/health/state/any", {}, signal, checksChanged, (err) => showError(errors[1], err, "Health checks"));
 }
 
 export function detail({ main, args: [name], signal }) {
