@@ -248,6 +248,18 @@ def _type(el: Any, text: str) -> None:
     el.send_keys(text)
 
 
+def _create_key(driver: Any, key: str, value: str) -> None:
+    """Fill the KV folder page's create form and submit it."""
+    _type(_el(driver, "#kv-new-key"), key)
+    _type(_el(driver, "#kv-new-value"), value)
+    _el(driver, '#kv-create button[type="submit"]').click()
+
+
+def _login(driver: Any, secret: str) -> None:
+    _type(_el(driver, "#login-token"), secret)
+    _el(driver, '#login-form button[type="submit"]').click()
+
+
 def _script_errors(driver: Any, allowed: tuple[str, ...] = ()) -> list[str]:
     """Console errors other than the failed requests a test expects (the browser logs every non-2xx)."""
     out = []
@@ -352,17 +364,13 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
 def test_kv_create_edit_with_cas_and_delete(browser, ui_agent, shots):
     a = ui_agent
     _open(browser, a, "kv/")
-    _type(_el(browser, "#kv-new-key"), "ui/created")
-    _type(_el(browser, "#kv-new-value"), "first")
-    _el(browser, '#kv-create button[type="submit"]').click()
+    _create_key(browser, "ui/created", "first")
     _el(browser, "#kv-create-result", "Created ui/created")
     assert _kv(a, "ui/created") == "first"
     _el(browser, '#kv-table tr[data-key="ui/"]')  # the list followed the write
 
     # Creating it again is refused (cas=0), and the typed text stays.
-    _type(_el(browser, "#kv-new-key"), "ui/created")
-    _type(_el(browser, "#kv-new-value"), "second")
-    _el(browser, '#kv-create button[type="submit"]').click()
+    _create_key(browser, "ui/created", "second")
     _el(browser, "#kv-create-result .error", "already exists")
     assert _el(browser, "#kv-new-value").get_attribute("value") == "second"
     assert _kv(a, "ui/created") == "first"
@@ -505,19 +513,15 @@ def test_acl_login_permission_denied_and_pages_after_login(browser, acl_agent, s
     shots(browser, "acl-denied")
 
     _open(browser, a, "kv/")
-    _type(_el(browser, "#kv-new-key"), "team/settings")
-    _type(_el(browser, "#kv-new-value"), "typed before login")
-    _el(browser, '#kv-create button[type="submit"]').click()
+    _create_key(browser, "team/settings", "typed before login")
     _el(browser, "#kv-create-result .error", "Permission denied")
     assert _el(browser, "#kv-new-value").get_attribute("value") == "typed before login"
 
-    _type(_el(browser, "#login-token"), "not-a-real-token")
-    _el(browser, '#login-form button[type="submit"]').click()
+    _login(browser, "not-a-real-token")
     _el(browser, "#login-error", "Token refused: Supplied token does not exist")
     assert browser.execute_script("return localStorage.getItem('proconsul.token')") is None
 
-    _type(_el(browser, "#login-token"), MGMT)
-    _el(browser, '#login-form button[type="submit"]').click()
+    _login(browser, MGMT)
     _el(browser, "#logged-in", "Initial Management Token")
     assert browser.execute_script("return localStorage.getItem('proconsul.token')") == MGMT
     _gone(browser, "#banner .notice")
@@ -541,9 +545,7 @@ def test_acl_login_permission_denied_and_pages_after_login(browser, acl_agent, s
     _open(browser, a, "services")
     _el(browser, '#services-table tr[data-service="consul"]')
     _open(browser, a, "kv/")
-    _type(_el(browser, "#kv-new-key"), "team/settings")
-    _type(_el(browser, "#kv-new-value"), "after login")
-    _el(browser, '#kv-create button[type="submit"]').click()
+    _create_key(browser, "team/settings", "after login")
     _el(browser, "#kv-create-result", "Created team/settings")
     shots(browser, "acl-kv-after-login")
 
