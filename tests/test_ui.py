@@ -181,10 +181,13 @@ def chromium(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 @pytest.fixture
-def browser(chromium: Any) -> Any:
-    """The module's browser, its console log drained so a test sees only its own messages."""
+def browser(chromium: Any) -> Iterator[Any]:
+    """The module's browser, its console log drained so a test sees only its own messages; a script
+    error during the test (an uncaught exception, a module that fails to load) fails it."""
     chromium.get_log("browser")
-    return chromium
+    yield chromium
+    errors = [e["message"] for e in chromium.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert errors == [], errors
 
 
 @pytest.fixture(scope="module")
@@ -224,17 +227,31 @@ def _open(driver: Any, agent: AgentProc, route: str) -> None:
     driver.get(f"{agent.url}/ui/#/{route}")
 
 
-def _el(driver: Any, css: str, text: str = "", timeout: float = 10.0) -> Any:
-    """The first element matching ``css`` (and containing ``text``) once it is there."""
+def _el(driver: Any, css: str, text: str = "", timeout: float = 10.0, then: Any = None) -> Any:
+    """The first element matching ``css`` (and containing ``text``) once it is there; with ``then``,
+    ``then(element)`` instead, tried again if a live list re-rendered the element meanwhile."""
     from selenium.webdriver.common.by import By
 
     def find() -> Any:
         for el in driver.find_elements(By.CSS_SELECTOR, css):
             if text in el.text:
-                return el
+                return (then(el),) if then else el
         return None
 
-    return eventually(find, timeout, what=f"{css} containing {text!r}")
+    found = eventually(find, timeout, what=f"{css} containing {text!r}")
+    return found[0] if then else found
+
+
+def _text(driver: Any, css: str, text: str = "") -> str:
+    return _el(driver, css, text, then=lambda el: el.text)
+
+
+def _attr(driver: Any, css: str, name: str, text: str = "") -> str:
+    return _el(driver, css, text, then=lambda el: el.get_attribute(name))
+
+
+def _click(driver: Any, css: str, text: str = "") -> None:
+    _el(driver, css, text, then=lambda el: el.click())
 
 
 def _gone(driver: Any, css: str, timeout: float = 10.0) -> None:
@@ -298,8 +315,7 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
 
     _open(browser, a, "services")
     _el(browser, '#services-table tr[data-service="web"]', "1 instance")
-    row = _el(browser, '#services-table tr[data-service="db"]', "warning")
-    assert row.get_attribute("data-health") == "warning" and "primary" in row.text
+    assert "primary" in _text(browser, '#services-table tr[data-service="db"][data-health="warning"]', "warning")
     assert not browser.find_elements("css selector", 'tr[data-service="web-sidecar-proxy"]'), "sidecars belong to their service"
     assert "in mesh" in _el(browser, 'tr[data-service="web"]').text
     assert not [x for x in browser.find_elements("css selector", ".acl-only") if x.is_displayed()], "ACL pages only with ACLs on"
@@ -320,10 +336,10 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     _el(browser, 'tr[data-service="db"]')
 
     _open(browser, a, "services/web")
-    instance = _el(browser, '#instances-table tr[data-instance="web"]', "127.0.0.1:8080")
-    assert "uinode" in instance.text and "app heartbeat" in instance.text and "Agent alive and reachable" in instance.text
-    assert "db on 127.0.0.1:9191" in _el(browser, '#sidecars-table tr[data-proxy="web-sidecar-proxy"]').text
-    assert "allow" in _el(browser, "#service-intentions", "db").text
+    instance = _text(browser, '#instances-table tr[data-instance="web"]', "127.0.0.1:8080")
+    assert "uinode" in instance and "app heartbeat" in instance and "Agent alive and reachable" in instance
+    assert "db on 127.0.0.1:9191" in _text(browser, '#sidecars-table tr[data-proxy="web-sidecar-proxy"]')
+    assert "allow" in _text(browser, "#service-intentions", "db")
     shots(browser, "service-web")
 
     _open(browser, a, "services/db")
@@ -331,23 +347,23 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     _el(browser, "#sidecars", "not in the mesh")
 
     _open(browser, a, "nodes")
-    node = _el(browser, '#nodes-table tr[data-node="uinode"]', "alive")
-    assert "web-sidecar-proxy" in node.text and "127.0.0.1" in node.text
-    assert "late" in _el(browser, '#nodes-table tr[data-node="extnode"]', "127.0.0.2").text  # no agent: liveness unknown
+    node = _text(browser, '#nodes-table tr[data-node="uinode"]', "alive")
+    assert "web-sidecar-proxy" in node and "127.0.0.1" in node
+    assert "late" in _text(browser, '#nodes-table tr[data-node="extnode"]', "127.0.0.2")  # no agent: liveness unknown
     browser.execute_script("window.sameDocument = true")
     _put(a, "/v1/catalog/register", {"Node": "extnode", "Address": "127.0.0.2", "Service": {"Service": "later", "Port": 9001}})
     _el(browser, '#nodes-table tr[data-node="extnode"]', "later")
     assert browser.execute_script("return window.sameDocument") is True
     shots(browser, "nodes")
-    _el(browser, '#nodes-table tr[data-node="uinode"] a').click()
+    _click(browser, '#nodes-table tr[data-node="uinode"] a')
     _el(browser, "#node-services", "web")
     _el(browser, "#node-checks", "Serf Health Status")
-    assert "alive" in _el(browser, "h1").text
+    _el(browser, "h1", "alive")
     shots(browser, "node")
 
     _open(browser, a, "kv/")
-    _el(browser, '#kv-table tr[data-key="app/"]').find_element("css selector", "a").click()
-    _el(browser, '#kv-table tr[data-key="app/config"] a').click()
+    _click(browser, '#kv-table tr[data-key="app/"] a')
+    _click(browser, '#kv-table tr[data-key="app/config"] a')
     assert _el(browser, 'input[name="kv-format"][value="json"]').is_selected(), "a JSON value opens in the JSON view"
     assert '"hosts": [' in _el(browser, "#kv-preview", '"port": 8080').text
     _el(browser, 'input[name="kv-format"][value="yaml"]').click()
@@ -356,7 +372,7 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     shots(browser, "kv-key-yaml")
 
     _open(browser, a, "intentions")
-    assert "allow" in _el(browser, '#intentions-table tr[data-intention="web->db"]', "9").text
+    assert "allow" in _text(browser, '#intentions-table tr[data-intention="web->db"]', "9")
     shots(browser, "intentions")
     assert _script_errors(browser, ("/v1/acl/token/self",)) == []
 
@@ -403,6 +419,10 @@ def test_kv_create_edit_with_cas_and_delete(browser, ui_agent, shots):
     eventually(lambda: browser.current_url.endswith("#/kv/ui/"))
     assert _kv(a, "ui/created") is None
 
+    _put(a, "/v1/kv/ui/blob", b"\x89PNG\r\n\x1a\n\xff\xfe")
+    _open(browser, a, "kv/ui/blob")
+    _el(browser, "#kv-binary", "binary, not UTF-8 text")
+
 
 def test_deny_intention_flips_the_check_and_errors_show_by_the_form(browser, ui_agent, shots):
     a = ui_agent
@@ -410,17 +430,17 @@ def test_deny_intention_flips_the_check_and_errors_show_by_the_form(browser, ui_
     _type(_el(browser, "#check-source"), "front")
     _type(_el(browser, "#check-destination"), "back")
     _el(browser, '#check-form button[type="submit"]').click()
-    assert _el(browser, "#check-result [data-allowed]", "Allowed").get_attribute("data-allowed") == "true"  # dev: default allow
+    assert _attr(browser, "#check-result [data-allowed]", "data-allowed", "Allowed") == "true"  # dev: default allow
 
     _type(_el(browser, "#ixn-source"), "front")
     _type(_el(browser, "#ixn-destination"), "back")
     _el(browser, 'input[name="ixn-kind"][value="deny"]').click()
     _type(_el(browser, "#ixn-description"), "no direct calls")
     _el(browser, "#ixn-save").click()
-    row = _el(browser, '#intentions-table tr[data-intention="front->back"]', "deny")
-    assert "no direct calls" in row.text and "9" in row.text
+    row = _text(browser, '#intentions-table tr[data-intention="front->back"]', "deny")
+    assert "no direct calls" in row and "9" in row
     # The check box asks again when the list changes: no click needed.
-    assert _el(browser, "#check-result [data-allowed]", "Denied").get_attribute("data-allowed") == "false"
+    assert _attr(browser, "#check-result [data-allowed]", "data-allowed", "Denied") == "false"
     assert a.http.get("/v1/connect/intentions/check", params={"source": "front", "destination": "back"}).json() == {"Allowed": False}
     shots(browser, "intention-denied")
 
@@ -450,14 +470,15 @@ def test_deny_intention_flips_the_check_and_errors_show_by_the_form(browser, ui_
     # Once the destination speaks http, the same form saves.
     _put(a, "/v1/config", {"Kind": "service-defaults", "Name": "tcpsvc", "Protocol": "http"})
     _el(browser, "#ixn-save").click()
-    row = _el(browser, '#intentions-table tr[data-intention="front->tcpsvc"]', "L7: 1 permission")
-    assert "allow GET,POST /api/*" in row.text
+    assert "allow GET,POST /api/*" in _text(browser, '#intentions-table tr[data-intention="front->tcpsvc"]', "L7: 1 permission")
     perms = a.http.get("/v1/connect/intentions/exact", params={"source": "front", "destination": "tcpsvc"}).json()["Permissions"]
     assert perms == [{"Action": "allow", "HTTP": {"PathPrefix": "/api/", "Methods": ["GET", "POST"]}}]
 
-    row = _el(browser, '#intentions-table tr[data-intention="front->back"]')
-    row.find_element("css selector", "button.danger-outline").click()
-    row.find_element("css selector", "button.danger").click()
+    def delete(row: Any) -> None:
+        row.find_element("css selector", "button.danger-outline").click()
+        row.find_element("css selector", "button.danger").click()
+
+    _el(browser, '#intentions-table tr[data-intention="front->back"]', then=delete)
     _gone(browser, '#intentions-table tr[data-intention="front->back"]')
     _el(browser, "#check-result [data-allowed]", "Allowed")
 
@@ -495,10 +516,9 @@ def test_a_failing_ttl_check_turns_red_within_2s(browser, ui_agent, shots):
     shots(browser, "ttl-critical")
 
     _open(browser, a, "services/ttlsvc")
-    check = _el(browser, '#instances-table li.check[data-check="ttlsvc-ttl"]')
-    assert check.get_attribute("data-status") == "critical"
-    badge = check.find_element("css selector", ".badge")
-    assert browser.execute_script("return getComputedStyle(arguments[0]).color", badge) == RED
+    color = _el(browser, '#instances-table li.check[data-check="ttlsvc-ttl"][data-status="critical"] .badge',
+                then=lambda badge: browser.execute_script("return getComputedStyle(arguments[0]).color", badge))
+    assert color == RED
 
 
 def test_acl_login_permission_denied_and_pages_after_login(browser, acl_agent, shots):

@@ -3,7 +3,7 @@
 // what was typed and says why next to the button.
 
 import {
-  api, decodeValue, empty, fill, h, kvHash, kvPath, link, notice, onFail, showError, table, toYAML, watch,
+  api, decodeValue, empty, fill, h, isText, kvHash, kvPath, link, notice, onFail, showError, table, toYAML, watch,
 } from "./lib.js";
 
 export function page(ctx) {
@@ -130,9 +130,12 @@ function key({ main, signal }, path) {
   let seen = false;
   const dirty = () => ed.area.value !== (loaded ? decodeValue(loaded.Value) : "");
 
+  const binary = h("div", { id: "kv-binary" });
   const load = (entry) => {
     loaded = entry;
     ed.set(entry ? decodeValue(entry.Value) : "");
+    fill(binary, entry && !isText(entry.Value)
+      ? notice("This value is binary, not UTF-8 text: it is shown with \uFFFD for the bytes that are not text, and saving stores the text as shown.", "warn") : null);
     renderInfo();
   };
   const renderInfo = () => {
@@ -192,7 +195,7 @@ function key({ main, signal }, path) {
     result);
 
   const errSlot = h("div");
-  fill(main, crumbs(path), h("h1", { class: "mono" }, path), errSlot, status, h("section", { class: "card" }, info, form));
+  fill(main, crumbs(path), h("h1", { class: "mono" }, path), errSlot, status, h("section", { class: "card" }, info, binary, form));
 
   watch(kvPath(path), { allow404: true }, signal, (data) => {
     current = data?.[0] || null;

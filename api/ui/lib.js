@@ -219,10 +219,20 @@ export function kvPath(key) {
   return "/v1/kv/" + key.split("/").map(encodeURIComponent).join("/");
 }
 
+const bytesOf = (b64) => Uint8Array.from(atob(b64 || ""), (c) => c.charCodeAt(0));
+
+/** A KV value (base64) as text; bytes that are not UTF-8 become U+FFFD. */
 export function decodeValue(b64) {
-  if (!b64) return "";
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  return new TextDecoder().decode(bytes);
+  return new TextDecoder().decode(bytesOf(b64));
+}
+
+export function isText(b64) {
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytesOf(b64));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 // ---------------------------------------------------------------- YAML (a view of JSON values)
