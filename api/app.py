@@ -14,7 +14,7 @@ from starlette.responses import Response
 from proconsul.agent.version import __version__
 from proconsul.api import acl as acl_api
 from proconsul.api import agent as agent_api
-from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
+from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn, ui
 from proconsul.api import connect_ca as connect_ca_api
 from proconsul.api import config_entries as config_entries_api
 from proconsul.api import intentions as intentions_api
@@ -78,9 +78,7 @@ def build_app(agent: Any) -> App:
         api.include_router(router)
     lean: list[LeanRoute] = [kv_route(agent), *health.lean_routes(agent), *catalog.lean_routes(agent)]
 
-    @api.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return reply_response(text_reply(200, "proconsul agent: the web UI is not built into this version."))
+    ui.mount(api, agent.config.ui)
 
     @api.exception_handler(ProconsulError)
     async def domain_error(request: Request, err: ProconsulError) -> Response:
