@@ -347,7 +347,8 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     _el(browser, "#sidecars", "not in the mesh")
 
     _open(browser, a, "nodes")
-    node = _text(browser, '#nodes-table tr[data-node="uinode"]', "alive")
+    _el(browser, '#nodes-table tr[data-node="uinode"]', "alive")
+    node = _text(browser, '#nodes-table tr[data-node="uinode"]', "web-sidecar-proxy")  # its services arrive after its row
     assert "web-sidecar-proxy" in node and "127.0.0.1" in node
     assert "late" in _text(browser, '#nodes-table tr[data-node="extnode"]', "127.0.0.2")  # no agent: liveness unknown
     browser.execute_script("window.sameDocument = true")
@@ -364,8 +365,9 @@ def test_every_page_loads_and_shows_the_catalog(browser, ui_agent, shots):
     _open(browser, a, "kv/")
     _click(browser, '#kv-table tr[data-key="app/"] a')
     _click(browser, '#kv-table tr[data-key="app/config"] a')
-    assert _el(browser, 'input[name="kv-format"][value="json"]').is_selected(), "a JSON value opens in the JSON view"
+    # The key's value loads after the page: wait for its JSON view before asking which view is chosen.
     assert '"hosts": [' in _el(browser, "#kv-preview", '"port": 8080').text
+    assert _el(browser, 'input[name="kv-format"][value="json"]').is_selected(), "a JSON value opens in the JSON view"
     _el(browser, 'input[name="kv-format"][value="yaml"]').click()
     assert "hosts:\n  - a\n  - b" in _el(browser, "#kv-preview", "port: 8080").text
     assert "tls:\n  enabled: true" in _el(browser, "#kv-preview").text
