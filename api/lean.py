@@ -44,8 +44,7 @@ class LeanRequest:
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            qs = self.scope["query_string"]
-            self._query = parse_qs(qs.decode("latin-1"), keep_blank_values=True) if qs else {}
+            self._query = parse_query(self.scope["query_string"])
         return self._query
 
     @property
@@ -64,6 +63,21 @@ class LeanRequest:
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
+
+
+def parse_query(qs: bytes) -> dict[str, list[str]]:
+    """A query string as parse_qs(keep_blank_values=True) reads it; plain ones (no escapes) without it."""
+    if not qs:
+        return {}
+    text = qs.decode("latin-1")
+    if "%" in text or "+" in text or ";" in text:
+        return parse_qs(text, keep_blank_values=True)
+    out: dict[str, list[str]] = {}
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            out.setdefault(name, []).append(value)
+    return out
 
 
 async def read_limited(
@@ -162,6 +176,7 @@ class App:
         self.max_body = max_body  # any request declaring more is refused before routing
         self.large_bodies = large_bodies or {}  # path -> its own, larger limit (snapshot restore)
         self.default_token = default_token  # with ACLs on: acl.tokens.default, for requests that carry none
+        self._labels: dict[tuple[str, str], tuple] = {}  # (method, route) -> its metric labels, sorted
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -195,9 +210,10 @@ class App:
         finally:
             if self.metrics is not None and route_name is not None:
                 # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
-                self.metrics.observe(
-                    "api.http", (time.perf_counter() - started) * 1000.0, {"method": scope["method"], "path": route_name}
-                )
+                labels = self._labels.get((scope["method"], route_name))
+                if labels is None:
+                    labels = self._labels[(scope["method"], route_name)] = (("method", scope["method"]), ("path", route_name))
+                self.metrics.observe("api.http", (time.perf_counter() - started) * 1000.0, labels)
 
     def _too_large(self, scope: dict) -> str | None:
         """The refusal for a request whose declared body is past the limit (bodies that declare no length

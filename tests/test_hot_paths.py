@@ -124,3 +124,24 @@ async def test_large_writes_and_close_do_not_wait():
     assert real.writes[-1] == b"tail" and real.closed
     await asyncio.sleep(0)  # the scheduled flush finds nothing left
     assert len(real.writes) == 2
+
+
+def test_kv_entries_encode_byte_for_byte_as_json_dumps():
+    import json
+    import random
+
+    from proconsul.api.kv import encode_entries
+    from proconsul.server.endpoints.kv import entry_json
+    from proconsul.server.state import DirEntry
+
+    rnd = random.Random(7)
+    alphabet = "ab/\"\\\n\t é中\U0001f600\x00"
+    rows = []
+    for i in range(200):
+        key = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12)))
+        value = None if rnd.random() < 0.2 else bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 40)))
+        session = rnd.choice(["", "", "0f3c2d2e-8b8a-4a51-b0a3-3a1d9e6c7f02"])
+        rows.append(DirEntry(key, value, rnd.choice([0, 1, 2**64 - 1]), rnd.randint(0, 5), session, i + 1, i + 2))
+    for n in (0, 1, 2, 17, 200):
+        entries = [entry_json(r) for r in rows[:n]]
+        assert encode_entries(entries) == json.dumps(entries, separators=(",", ":")).encode()
