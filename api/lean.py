@@ -10,8 +10,10 @@ FastAPI, which still hosts the app and publishes the OpenAPI schema for both
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -26,6 +28,7 @@ log = logging.getLogger("proconsul.http")
 
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 4 * 1024 * 1024  # the largest body any non-snapshot endpoint takes (catalog, queries)
+MAX_SNAPSHOT = 256 * 1024 * 1024  # what PUT /v1/snapshot takes
 
 
 class LeanRequest:
@@ -126,13 +129,14 @@ async def send_reply(send: Callable[[dict], Awaitable[None]], reply: Reply, comm
 
 @dataclass
 class LeanRoute:
-    """A route served without FastAPI: every path under ``prefix``."""
+    """A route served without FastAPI: every path under ``prefix`` (or ``prefix`` alone when ``exact``)."""
 
     prefix: str
     methods: tuple[str, ...]
     handler: Callable[[LeanRequest], Awaitable[Reply]]
     openapi_path: str
     openapi: dict[str, Any]
+    exact: bool = False  # the path is ``prefix`` itself, not anything under it
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
         req = LeanRequest(scope, receive)
@@ -162,14 +166,18 @@ def with_default_token(scope: dict, token: str) -> dict:
 
 
 class App:
-    """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
+    """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all.
+
+    FastAPI, its routers and their models take most of an agent's start-up, so ``load_fastapi`` runs on
+    a thread of its own from the start: lean routes (KV, health and catalog reads, status) answer at
+    once, and a request for anything else waits until FastAPI is there (a few hundred ms at most).
+    """
 
     def __init__(
-        self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
+        self, load_fastapi: Callable[[], Any], lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
         max_body: int = MAX_BODY, large_bodies: dict[str, int] | None = None,
         default_token: Callable[[], str] | None = None,
     ) -> None:
-        self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
         self.metrics = metrics
         self.common = common
@@ -177,10 +185,43 @@ class App:
         self.large_bodies = large_bodies or {}  # path -> its own, larger limit (snapshot restore)
         self.default_token = default_token  # with ACLs on: acl.tokens.default, for requests that carry none
         self._labels: dict[tuple[str, str], tuple] = {}  # (method, route) -> its metric labels, sorted
+        self._fastapi: Any = None
+        self._load_error: BaseException | None = None
+        self._loaded = threading.Event()
+        threading.Thread(target=self._load, args=(load_fastapi,), name="http-api-load", daemon=True).start()
+
+    def _load(self, load_fastapi: Callable[[], Any]) -> None:
+        try:
+            self._fastapi = load_fastapi()
+        except BaseException as err:  # every non-lean request will answer 500 and say why in the log
+            self._load_error = err
+            log.exception("loading the HTTP API failed")
+        finally:
+            self._loaded.set()
+
+    @property
+    def fastapi_app(self) -> Any:
+        """The FastAPI app, waiting for it to load (for the schema and tests; requests never block the loop)."""
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+        return self._fastapi
+
+    @fastapi_app.setter
+    def fastapi_app(self, value: Any) -> None:
+        self._loaded.wait()
+        self._fastapi = value
+
+    async def _api(self) -> Any:
+        if not self._loaded.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
+        if self._load_error is not None:
+            raise self._load_error
+        return self._fastapi
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
-            await self.fastapi_app(scope, receive, send)
+            await (await self._api())(scope, receive, send)
             return
         started = time.perf_counter()
         if self.default_token is not None:
@@ -189,7 +230,7 @@ class App:
         route_name = None
         try:
             for prefix, route in self.lean:
-                if path.startswith(prefix):
+                if path == prefix if route.exact else path.startswith(prefix):
                     route_name = route.openapi_path
                     await route(scope, receive, send, self.common)
                     return
@@ -204,7 +245,7 @@ class App:
                     message = {**message, "headers": [*self.common, *message.get("headers", [])]}
                 await send(message)
 
-            await self.fastapi_app(scope, receive, send_with_common_headers)
+            await (await self._api())(scope, receive, send_with_common_headers)
             route = scope.get("route")
             route_name = getattr(route, "path", None) or "unmatched"
         finally:

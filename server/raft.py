@@ -316,14 +316,21 @@ class RaftNode:
             os.makedirs(self._data_dir, exist_ok=True)
             journal = os.path.join(self._data_dir, "journal")
             dump = os.path.join(self._data_dir, "snapshot.db")
+        # A lone voter has no one to wait for: it elects itself almost at once. One that does not even
+        # listen (-dev) can never gain peers, so its timers may be shorter still (pysyncobj wants the
+        # election timeout above three append periods).
+        heartbeat, election = t.heartbeat, (t.election_min, t.election_max)
+        if not self._listen:
+            heartbeat, election = 0.004, (0.013, 0.016)
+        elif single:
+            election = (0.16, 0.2)
         return SyncObjConf(
             password=self._password or None,
             autoTick=False,
             appendEntriesUseBatch=t.batch_appends,
-            appendEntriesPeriod=t.heartbeat,
-            # A lone voter has no one to wait for: elect itself almost at once.
-            raftMinTimeout=0.16 if single else t.election_min,
-            raftMaxTimeout=0.2 if single else t.election_max,
+            appendEntriesPeriod=heartbeat,
+            raftMinTimeout=election[0],
+            raftMaxTimeout=election[1],
             leaderFallbackTimeout=t.leader_lease,
             connectionTimeout=max(1.5, t.election_max),
             connectionRetryTime=t.reconnect,

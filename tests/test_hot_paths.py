@@ -1,7 +1,6 @@
 """Guards for the write and read hot paths (issue 9): the invariants their speed rests on, not timings.
 
-* KV reads and writes, /v1/health/service and /v1/catalog/service never reach FastAPI (no
-  routing tables, no pydantic validation): the lean handlers answer them.
+* (That the lean routes never reach FastAPI is test_api_misc.py's test_kv_hot_path_never_enters_fastapi.)
 * Writes proposed in one event-loop turn share one Raft log entry, and each still gets its own
   result (of N check-and-set writes on one key at one index, exactly one wins).
 * A write with nothing in flight is not held back for company.
@@ -18,40 +17,6 @@ import pytest
 from proconsul.api.protocol import FLUSH_AT, CoalescingTransport
 
 pytestmark = pytest.mark.anyio
-
-
-class _NoFastAPI:
-    """Stands where FastAPI sits in the app and fails any request that reaches it."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.paths: list[str] = []
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        self.paths.append(scope.get("path", ""))
-        await self.real(scope, receive, send)
-
-
-async def test_hot_routes_never_reach_fastapi(api):
-    from proconsul.api.app import build_app
-
-    app = build_app(api.agent)
-    guard = _NoFastAPI(app.fastapi_app)
-    app.fastapi_app = guard
-    import httpx
-
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as c:
-        assert (await c.put("/v1/kv/hot/a", content=b"1")).status_code == 200
-        assert (await c.get("/v1/kv/hot/a")).status_code == 200
-        assert (await c.get("/v1/kv/hot/", params={"recurse": ""})).status_code == 200
-        assert (await c.get("/v1/kv/hot/a", params={"stale": ""})).status_code == 200
-        assert (await c.delete("/v1/kv/hot/a")).status_code == 200
-        assert (await c.get("/v1/health/service/consul", params={"passing": ""})).status_code == 200
-        assert (await c.get("/v1/catalog/service/consul")).status_code == 200
-        assert guard.paths == []
-        # The guard sees what does go to FastAPI.
-        assert (await c.get("/v1/status/leader")).status_code == 200
-        assert guard.paths == ["/v1/status/leader"]
 
 
 async def test_writes_of_one_loop_turn_share_a_log_entry_with_their_own_results(api):
