@@ -1,4 +1,4 @@
-"""The web UI: static files shipped in the package (api/ui/), served at /ui/ as Consul's agent does.
+"""The web UI: static files shipped in the package (api/webui/), served at /ui/ as Consul's agent does.
 
 The files are plain HTML, CSS and ES modules (no build step, nothing from a CDN),
 read once when the app is built. They need no token, like Consul's UI: every
@@ -36,8 +36,8 @@ DISABLED = "proconsul agent: UI disabled. To enable, set ui_config.enabled=true 
 
 
 def ui_files() -> dict[str, tuple[bytes, str]]:
-    """name -> (content, content type) of every file in the package's ui folder."""
-    root = resources.files("proconsul.api") / "ui"
+    """name -> (content, content type) of every file in the package's webui folder."""
+    root = resources.files("proconsul.api.webui")
     out: dict[str, tuple[bytes, str]] = {}
     for entry in root.iterdir():
         suffix = "." + entry.name.rsplit(".", 1)[-1]

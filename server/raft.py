@@ -147,6 +147,16 @@ class _Transport(TCPTransport):
             return
         return super()._onIncomingMessageReceived(conn, message)
 
+    _next_connect_check = 0.0
+
+    def _onTick(self) -> None:
+        # pysyncobj checks every peer's connection on every tick, and we tick per socket event. Peers
+        # are redialled at most every connectionRetryTime (0.5 s) anyway: looking every 20 ms is plenty.
+        now = time.monotonic()
+        if now >= self._next_connect_check:
+            self._next_connect_check = now + TICK_PERIOD
+            super()._onTick()
+
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         if type(message) is dict and message.get("type") == "append_entries":
             self.last_leader_contact = time.monotonic()
@@ -461,7 +471,7 @@ class RaftNode:
         sync = self._sync
         if sync is None:
             raise NoLeaderError("No cluster leader")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future = loop.create_future()
         payload = encode(cmd)
         if type(cmd) in BATCHABLE and (self._batch or self._submitted != self._settled):

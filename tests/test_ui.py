@@ -28,7 +28,7 @@ import pytest
 from conftest import AgentProc, eventually, start_dev_agent
 
 ROOT = Path(__file__).resolve().parent.parent
-UI_DIR = ROOT / "api" / "ui"
+UI_DIR = ROOT / "api" / "webui"
 MGMT = "6a0d1e3b-8f5c-4d2a-9b7e-0c1f2e3d4a5b"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -111,7 +111,7 @@ def test_every_ui_file_is_package_data_and_every_import_resolves():
 
     files = ui_files()
     on_disk = {p.name for p in UI_DIR.iterdir() if p.is_file()}
-    assert set(files) == on_disk, "a file in api/ui/ has a type the UI does not serve"
+    assert set(files) == on_disk, "a file in api/webui/ has a type the UI does not serve"
     for name, (body, _) in files.items():
         if name.endswith(".js"):
             for line in body.decode().splitlines():
@@ -136,7 +136,7 @@ def test_a_built_wheel_ships_the_ui(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("proconsul-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for p in UI_DIR.iterdir():
-        assert f"proconsul/api/ui/{p.name}" in names, p.name
+        assert f"proconsul/api/webui/{p.name}" in names, p.name
 
 
 # ----------------------------------------------------------------- in a browser
