@@ -419,6 +419,8 @@ class RaftNode:
         leader = leader_node.address if leader_node is not None else None
         if is_leader != self._is_leader:
             self._is_leader = is_leader
+            if not is_leader:
+                self.fsm.proposed.clear()
             self._post(self.on_leadership, is_leader)
         if leader != self._leader:
             self._leader = leader
@@ -474,6 +476,7 @@ class RaftNode:
         loop = self._loop
         fut: asyncio.Future = loop.create_future()
         payload = encode(cmd)
+        self.fsm.remember(payload, cmd)
         if type(cmd) in BATCHABLE and (self._batch or self._submitted != self._settled):
             # Others are in flight: wait for the end of this loop turn and share an entry with whoever
             # else writes in it. With nothing in flight the write goes at once (no added latency).

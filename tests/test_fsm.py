@@ -113,3 +113,20 @@ def test_restore_command_carries_tables_through_json():
     assert fresh.kv_get("b/c")[1].flags == 1
     with pytest.raises(ValueError):
         tables_from_wire({"nope": []})
+
+
+def test_a_remembered_kv_command_applies_as_its_decoded_payload_would():
+    """The leader skips decoding its own KV proposals: the state must be what decoding gives, and
+    only KVSRequest (whose wire form round-trips exactly) is remembered."""
+    cmds = [KVSRequest(op="set", key=f"k{i}", value=bytes([i]) * i or None, flags=i) for i in range(5)]
+    remembered, decoded = StateStore(), StateStore()
+    fsm = FSM(remembered)
+    for i, cmd in enumerate(cmds):
+        payload = encode(cmd)
+        fsm.remember(payload, cmd)
+        assert fsm.apply(payload, 10 + i) is True
+        assert FSM(decoded).apply(payload, 10 + i) is True
+    assert fsm.proposed == {}
+    assert remembered.checksum() == decoded.checksum()
+    fsm.remember(encode(TxnRequest(ops=[])), TxnRequest(ops=[]))
+    assert fsm.proposed == {}
