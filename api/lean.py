@@ -138,21 +138,26 @@ class LeanRoute:
     openapi: dict[str, Any]
     exact: bool = False  # the path is ``prefix`` itself, not anything under it
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
+    def matches(self, path: str) -> bool:
+        return path == self.prefix if self.exact else path.startswith(self.prefix)
+
+    async def reply(self, scope: dict, receive: Callable) -> Reply:
+        """The answer to one request (errors become Consul's status codes, never an exception)."""
         req = LeanRequest(scope, receive)
         if req.method == "OPTIONS":
-            reply = Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
-        elif req.method not in self.methods:
-            reply = text_reply(405, method_not_allowed_body(req.method), [(b"allow", allow_header(self.methods).encode())])
-        else:
-            try:
-                reply = await self.handler(req)
-            except ProconsulError as err:
-                reply = text_reply(status_for(err), str(err))
-            except Exception:
-                log.exception("%s %s failed", req.method, req.path)
-                reply = text_reply(500, "An unexpected error occurred")
-        await send_reply(send, reply, common)
+            return Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
+        if req.method not in self.methods:
+            return text_reply(405, method_not_allowed_body(req.method), [(b"allow", allow_header(self.methods).encode())])
+        try:
+            return await self.handler(req)
+        except ProconsulError as err:
+            return text_reply(status_for(err), str(err))
+        except Exception:
+            log.exception("%s %s failed", req.method, req.path)
+            return text_reply(500, "An unexpected error occurred")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
+        await send_reply(send, await self.reply(scope, receive), common)
 
 
 _TOKEN_HEADERS = (b"x-consul-token", b"authorization")
@@ -223,18 +228,15 @@ class App:
         if scope["type"] != "http":
             await (await self._api())(scope, receive, send)
             return
+        route = self.lean_route(scope["path"])
+        if route is not None:
+            await send_reply(send, await self.lean_reply(route, scope, receive), self.common)
+            return
         started = time.perf_counter()
         if self.default_token is not None:
             scope = with_default_token(scope, self.default_token())
-        path = scope["path"]
         route_name = None
         try:
-            for prefix, route in self.lean:
-                if path == prefix if route.exact else path.startswith(prefix):
-                    route_name = route.openapi_path
-                    await route(scope, receive, send, self.common)
-                    return
-
             refusal = self._too_large(scope)
             if refusal is not None:
                 await send_reply(send, text_reply(413, refusal), self.common)
@@ -246,15 +248,36 @@ class App:
                 await send(message)
 
             await (await self._api())(scope, receive, send_with_common_headers)
-            route = scope.get("route")
-            route_name = getattr(route, "path", None) or "unmatched"
+            matched = scope.get("route")
+            route_name = getattr(matched, "path", None) or "unmatched"
         finally:
-            if self.metrics is not None and route_name is not None:
-                # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
-                labels = self._labels.get((scope["method"], route_name))
-                if labels is None:
-                    labels = self._labels[(scope["method"], route_name)] = (("method", scope["method"]), ("path", route_name))
-                self.metrics.observe("api.http", (time.perf_counter() - started) * 1000.0, labels)
+            if route_name is not None:
+                self._observe(scope["method"], route_name, started)
+
+    def lean_route(self, path: str) -> LeanRoute | None:
+        """The lean route that serves ``path``, if one does."""
+        for _, route in self.lean:
+            if route.matches(path):
+                return route
+        return None
+
+    async def lean_reply(self, route: LeanRoute, scope: dict, receive: Callable) -> Reply:
+        """A lean route's answer, with the default token and the request metric (what ``__call__`` sends)."""
+        started = time.perf_counter()
+        if self.default_token is not None:
+            scope = with_default_token(scope, self.default_token())
+        try:
+            return await route.reply(scope, receive)
+        finally:
+            self._observe(scope["method"], route.openapi_path, started)
+
+    def _observe(self, method: str, route_name: str, started: float) -> None:
+        if self.metrics is not None:
+            # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
+            labels = self._labels.get((method, route_name))
+            if labels is None:
+                labels = self._labels[(method, route_name)] = (("method", method), ("path", route_name))
+            self.metrics.observe("api.http", (time.perf_counter() - started) * 1000.0, labels)
 
     def _too_large(self, scope: dict) -> str | None:
         """The refusal for a request whose declared body is past the limit (bodies that declare no length
