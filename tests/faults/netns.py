@@ -171,10 +171,16 @@ class NetLab:
             if other != name:
                 self.cut(name, other)
 
+    def cut_from_test(self, name: str) -> None:
+        """Drop whatever ``name`` sends to the test itself (its replies and ACKs vanish silently)."""
+        _ip("-n", self.hosts[name].netns, "route", "add", "blackhole", f"{self.gateway}/32")
+        self._cut.add((name, ""))
+
     def heal(self) -> None:
         """Remove every partition."""
         for x, y in sorted(self._cut):
-            _ip("-n", self.hosts[x].netns, "route", "del", "blackhole", f"{self.hosts[y].ip}/32", check=False)
+            target = self.hosts[y].ip if y else self.gateway
+            _ip("-n", self.hosts[x].netns, "route", "del", "blackhole", f"{target}/32", check=False)
         self._cut.clear()
 
     def partitioned(self) -> bool:
