@@ -54,8 +54,8 @@ def _out(text: str) -> None:
 # ----------------------------------------------------------------- agent
 
 
-def agent_config(args: argparse.Namespace, persist: bool = True) -> Any:
-    """The RuntimeConfig an ``agent`` command line asks for (flags over config files), or CLIError.
+def agent_config(args: argparse.Namespace, persist: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The RuntimeConfig an ``agent`` command line asks for (flags over config files) and its flags, or CLIError.
 
     ``persist=False`` checks only: nothing is written (no node-id file in the data dir).
     """

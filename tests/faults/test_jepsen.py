@@ -46,6 +46,7 @@ pytestmark = pytest.mark.cluster
 
 def run(workdir: Path, servers: int, hold: float, recover: float, cycles: int, kv_clients: int, lock_clients: int, seed: int) -> dict[str, Any]:
     """One Jepsen-style run; returns the report (also written to workdir/report.json)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:8]
     keys = [f"jepsen/{run_id}/k{i}" for i in range(4)]
     set_prefix = f"jepsen/{run_id}/set/"
