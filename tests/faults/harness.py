@@ -313,7 +313,8 @@ class LockClient(Worker):
             self.session = resp.json()["ID"]
             self.valid_until = started + self.TTL
             self.last_renew = started
-            self.log.sessions_created += 1
+            with self.log.lock:
+                self.log.sessions_created += 1
             return True
         return False
 
@@ -327,7 +328,8 @@ class LockClient(Worker):
             self.valid_until = started + self.TTL
         elif outcome == "ok" and resp.status_code == 404:
             self.session = ""  # invalidated (its TTL passed twice): a new one next round
-            self.log.sessions_lost += 1
+            with self.log.lock:
+                self.log.sessions_lost += 1
         if self.holding is not None:
             self.holding.session_valid_until = self.valid_until
 
@@ -408,7 +410,7 @@ class Nemesis:
         self.events: list[Event] = []
 
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
-        out = [
+        return [
             ("kill -9 and restart a random server", self.kill_random),
             ("kill -9 the leader, restart it", self.kill_leader),
             ("SIGSTOP the leader past the election timeout, SIGCONT", self.pause_leader),
@@ -416,7 +418,6 @@ class Nemesis:
             ("isolate the leader", self.isolate_leader),
             ("kill -9 every server, restart them all at once", self.restart_all),
         ]
-        return out
 
     def run(self, cycles: int = 1) -> None:
         for _ in range(cycles):
