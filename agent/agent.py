@@ -631,7 +631,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # What start() had begun (Raft, a leadership's duties, listeners) ends before the error is told.
+            await self.stop()
+            raise
         await self._stop.wait()
         log.info("shutting down")
         await self.stop()
