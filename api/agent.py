@@ -456,14 +456,7 @@ async def agent_force_leave(request: Request, node: str) -> Response:
 @router.put("/v1/agent/reload", summary="Re-read the config files (services and checks from them are replaced)")
 async def agent_reload(request: Request) -> Response:
     await _require_agent(request, "write")
-    agent = agent_of(request)
-    from proconsul.agent.config import ConfigError
-
-    try:
-        new = agent.rebuild_config()
-    except ConfigError as err:
-        raise BadRequest(f"Failed to reload configs: {err}") from None
-    await agent.reload(new)
+    await agent_of(request).reload_from_files()
     return _ok(request)
 
 

@@ -39,6 +39,8 @@ def fold(data: Any, what: str, err: str = DECODE) -> dict[str, Any]:
 
 def check_unknown(data: dict[str, Any], known: set[str], what: str, strict: bool) -> None:
     """Unknown fields are refused: "unknown field" in request bodies, "invalid config key" in config files."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"{DECODE}: {what}: expected an object, got {json.dumps(data)[:40]}")
     for key in data:
         folded = _fold_key(key)
         if folded not in known and folded not in TOLERATED:
@@ -96,6 +98,8 @@ def as_duration(v: Any, what: str, err: str = DECODE) -> float:
     if isinstance(v, bool):
         raise BadRequest(f'{err}: {what}: expected a duration like "10s"')
     if isinstance(v, (int, float)):
+        if not abs(v) <= 2**63 - 1:  # NaN, Infinity (also 1e400) and past int64: Go cannot decode them either
+            raise BadRequest(f"{err}: {what}: {json.dumps(v)} does not fit a duration")
         return float(v) / 1e9
     if isinstance(v, str):
         try:
