@@ -48,3 +48,20 @@ def test_durations_stop_where_go_durations_do():
     for text in ("2562048h", "9999999999999h", "1" + "0" * 400 + "s"):
         with pytest.raises(ValueError, match="invalid duration"):
             parse_duration(text)
+
+
+# Operations Consul serves without looking at a token.
+NO_TOKEN = {"/v1/status/leader", "/v1/status/peers", "/v1/catalog/datacenters", "/v1/acl/bootstrap", "/v1/internal/debug/state-checksum"}
+
+
+async def test_the_schema_declares_the_parameters_routes_read(api):
+    """The fuzzer only sends what the schema declares: the agent endpoints' ?token= and /v1/agent/metrics' ?format= were missing."""
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    missing = []
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            names = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
+            if path not in NO_TOKEN and "token" not in names:
+                missing.append(f"{method.upper()} {path}")
+    assert missing == []
+    assert "format" in {p["name"] for p in paths["/v1/agent/metrics"]["get"]["parameters"]}

@@ -4,12 +4,23 @@ No request may get a 5xx or kill the agent, and the agent logs no traceback.
 Consul's own 5xx for "the cluster, not the request, is at fault" are allowed:
 500 ``No path to datacenter`` for a ``?dc=`` other than the agent's.
 
-Request bodies are declared as bare JSON objects, so besides schemathesis' own
-bodies each JSON operation also gets bodies built from the field names and
-words the API code knows (harvested from its source), nested and with values
-of every JSON type: that is what reaches the decoders. The run is derandomized
-(same cases every time) and bounded per operation; ``PROCONSUL_FUZZ_EXAMPLES``
-raises the bound, and the ``slow`` variant runs ten times as many.
+What reaches the code behind the decoders:
+
+* Bodies: the schema declares bare JSON objects, so each JSON operation also
+  gets valid bodies from Consul's API docs (``SEEDS``) with a few fields
+  replaced, dropped or added, and free-form bodies whose keys are the field
+  names and words the API's code knows (harvested from its source); values of
+  every JSON type, NaN and Infinity included.
+* Path parameters: about half the cases name an object that exists (a service,
+  check, session, prepared query, intention, config entry, ACL token, policy,
+  role), made again before each operation, which may have deleted it.
+* ``?dc=``: two cases in three name the agent's own datacenter.
+
+The run is derandomized (the same cases every time), positive and negative
+cases for every operation, ``EXAMPLES`` of each (``PROCONSUL_FUZZ_EXAMPLES``);
+again with ACLs on and a management token; the ``slow`` variant runs ten times
+as many. Most operations must have answered 2xx at least once, so a fuzzer
+stopped at validation fails instead of passing quietly.
 
 What the fuzzer may not do: ``/v1/agent/leave`` (stops the agent) and
 ``/v1/agent/join`` (dials whatever address it is given) are left out, every
@@ -30,15 +41,15 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from conftest import AgentProc, free_ports
 
-from conftest import AgentProc, free_ports  # noqa: E402
-
-from proconsul.server.durations import parse_duration  # noqa: E402
+from proconsul.server.durations import parse_duration
 
 EXAMPLES = int(os.environ.get("PROCONSUL_FUZZ_EXAMPLES", "8"))
 MANAGEMENT = str(uuid.UUID(int=0x5EC2E7))
@@ -359,9 +370,6 @@ def _assert_survived(agent: AgentProc) -> None:
 
 def _fuzz(agent: AgentProc, examples: int, acl: bool = False) -> None:
     """Every operation in both generation modes; one report of every distinct 5xx at the end."""
-    from hypothesis import given
-    from hypothesis.errors import Unsatisfiable
-
     known: dict[str, list[str]] = {}
     schema = _schema(agent, known, drop_token_param=acl)
     failures: dict[tuple[str, int, str], str] = {}

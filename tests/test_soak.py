@@ -9,7 +9,10 @@ while a sampler reads every agent's open fds (/proc/PID/fd), threads
 a bounded set of keys, nodes and services, so a store that keeps what it is
 told to keep does not grow either.
 
-After the warm-up, the samples split into quarters; for each process:
+The warm-up lasts ``warmup`` seconds, or until every server has compacted its
+in-memory Raft log once if that comes later (but within the first 60% of the
+run): before that, memory grows with the log by design. After it, the samples
+split into quarters; for each process:
 
 * fds: the last quarter's median is at most the first quarter's + FD_SLACK
 * threads: the last quarter's median is at most the first quarter's + THREAD_SLACK
@@ -35,6 +38,7 @@ from typing import Any, Callable
 import dns.exception
 import dns.message
 import dns.query
+import dns.rcode
 import httpx
 import pytest
 
@@ -76,22 +80,23 @@ class Load:
     errors: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def count(self, op: str, ok: bool) -> None:
+    def count(self, op: str, error: str | None) -> None:
         with self.lock:
             self.ops[op] = self.ops.get(op, 0) + 1
-            if not ok:
-                self.errors[op] = self.errors.get(op, 0) + 1
+            if error is not None:
+                key = f"{op}: {error}"
+                self.errors[key] = self.errors.get(key, 0) + 1
 
-    def run(self, name: str, step: Callable[[random.Random, dict[str, httpx.Client]], tuple[str, bool]], pause: float) -> None:
+    def run(self, name: str, step: Callable[[random.Random, dict[str, httpx.Client]], tuple[str, str | None]], pause: float) -> None:
         rng = random.Random(name)
         clients = {a.name: httpx.Client(base_url=a.url, timeout=15) for a in self.agents}
         try:
             while not self.stop.is_set():
                 try:
-                    op, ok = step(rng, clients)
+                    op, error = step(rng, clients)
                 except (httpx.HTTPError, dns.exception.DNSException, OSError) as err:
-                    op, ok = f"{name}:{type(err).__name__}", False
-                self.count(op, ok)
+                    op, error = name, repr(err)[:120]
+                self.count(op, error)
                 self.stop.wait(pause)
         finally:
             for c in clients.values():
@@ -104,50 +109,52 @@ class Load:
         roll = rng.random()
         if roll < 0.25:
             r = http.put(f"/v1/kv/soak/k{rng.randrange(64)}", content=rng.randbytes(rng.randint(10, 2000)))
-            return "kv put", r.status_code == 200
+            return "kv put", expect(r)
         if roll < 0.40:
             r = http.get(f"/v1/kv/soak/k{rng.randrange(64)}", params={"stale": ""} if rng.random() < 0.5 else {})
-            return "kv get", r.status_code in (200, 404)
+            return "kv get", expect(r, 200, 404)
         if roll < 0.45:
             r = http.get("/v1/kv/soak/", params={"keys": "", "separator": "/"})
-            return "kv keys", r.status_code in (200, 404)
+            return "kv keys", expect(r, 200, 404)
         if roll < 0.50:
             ops = [{"KV": {"Verb": "set", "Key": f"soak/t{rng.randrange(8)}", "Value": "eA=="}}, {"KV": {"Verb": "get-tree", "Key": "soak/t"}}]
-            return "txn", http.put("/v1/txn", json=ops).status_code == 200
+            return "txn", expect(http.put("/v1/txn", json=ops))
         if roll < 0.60:
             n, s = rng.randrange(20), rng.randrange(5)
             body = {"Node": f"ext{n}", "Address": f"127.0.1.{n}", "Service": {"ID": f"svc{s}", "Service": "web", "Port": 8000 + s},
                     "Check": {"CheckID": f"chk{s}", "ServiceID": f"svc{s}", "Name": "c", "Status": rng.choice(["passing", "passing", "critical"])}}
-            return "catalog register", http.put("/v1/catalog/register", json=body).status_code == 200
+            return "catalog register", expect(http.put("/v1/catalog/register", json=body))
         if roll < 0.63:
             body = {"Node": f"ext{rng.randrange(20)}", "ServiceID": f"svc{rng.randrange(5)}"}
-            return "catalog deregister", http.put("/v1/catalog/deregister", json=body).status_code == 200
+            return "catalog deregister", expect(http.put("/v1/catalog/deregister", json=body))
         if roll < 0.68:
             c = clients[self.client.name]
             sid = f"api{rng.randrange(10)}"
             if rng.random() < 0.7:
                 body = {"Name": "api", "ID": sid, "Port": 9000, "Check": {"TTL": "30s", "Status": "passing"}}
-                return "agent register", c.put("/v1/agent/service/register", json=body).status_code == 200
-            return "agent deregister", c.put(f"/v1/agent/service/deregister/{sid}").status_code in (200, 404)
+                return "agent register", expect(c.put("/v1/agent/service/register", json=body))
+            return "agent deregister", expect(c.put(f"/v1/agent/service/deregister/{sid}"), 200, 404)
         if roll < 0.80:
             r = http.get(f"/v1/health/service/{rng.choice(['web', 'api'])}", params={"passing": ""})
-            return "health", r.status_code == 200
+            return "health", expect(r)
         if roll < 0.85:
-            return "catalog services", http.get("/v1/catalog/services").status_code == 200
+            return "catalog services", expect(http.get("/v1/catalog/services"))
         return self.session(rng, http)
 
-    def session(self, rng: random.Random, http: httpx.Client) -> tuple[str, bool]:
+    def session(self, rng: random.Random, http: httpx.Client) -> tuple[str, str | None]:
         """Create a session, take and release a lock with it, destroy it (one in ten is left to expire)."""
         r = http.put("/v1/session/create", json={"TTL": "10s", "LockDelay": "0s", "Behavior": "release"})
         if r.status_code != 200:
-            return "session", False
+            return "session", expect(r)
         sid = r.json()["ID"]
         key = f"/v1/kv/soak/lock{rng.randrange(4)}"
-        ok = http.put(key, params={"acquire": sid}, content=b"held").status_code == 200
+        steps = [lambda: http.put(key, params={"acquire": sid}, content=b"held")]
         if rng.random() < 0.9:
-            ok = ok and http.put(key, params={"release": sid}).status_code == 200
-            ok = ok and http.put(f"/v1/session/destroy/{sid}").status_code == 200
-        return "session", ok
+            steps += [lambda: http.put(key, params={"release": sid}), lambda: http.put(f"/v1/session/destroy/{sid}")]
+        for step in steps:
+            if (error := expect(step())) is not None:
+                return "session", error
+        return "session", None
 
     def blocking(self, rng: random.Random, clients: dict[str, httpx.Client]) -> tuple[str, bool]:
         http = clients[rng.choice(self.agents).name]
@@ -155,7 +162,7 @@ class Load:
         first = http.get(path)
         index = first.headers.get("X-Consul-Index", "0")
         r = http.get(path, params={"index": index, "wait": "2s"})
-        return "blocking", r.status_code in (200, 404)
+        return "blocking", expect(r, 200, 404)
 
     def resolve(self, rng: random.Random, clients: dict[str, httpx.Client]) -> tuple[str, bool]:
         agent = rng.choice(self.agents)
@@ -166,7 +173,12 @@ class Load:
             r = dns.query.tcp(q, "127.0.0.1", port=port, timeout=5)
         else:
             r = dns.query.udp(q, "127.0.0.1", port=port, timeout=5)
-        return "dns", r.rcode() in (0, 3)
+        return "dns", None if r.rcode() in (0, 3) else dns.rcode.to_text(r.rcode())
+
+
+def expect(r: httpx.Response, *codes: int) -> str | None:
+    """None when the status is one of ``codes`` (200 by default), else the status and the start of the body."""
+    return None if r.status_code in (codes or (200,)) else f"{r.status_code} {r.text[:80]}"
 
 
 def soak(workdir: Path, bounds: Bounds) -> dict[str, Any]:
@@ -184,6 +196,11 @@ def soak(workdir: Path, bounds: Bounds) -> dict[str, Any]:
             threading.Thread(target=load.run, args=(f"blocking{i}", load.blocking, 0.0), daemon=True) for i in range(2)
         ] + [threading.Thread(target=load.run, args=("dns", load.resolve, 0.002), daemon=True)]
         samples: dict[str, list[tuple[float, int, int, int]]] = {a.name: [] for a in agents}
+        # Each server's in-memory Raft log grows until it compacts (raft_snapshot_threshold entries);
+        # the warm-up lasts until every server has compacted once, so memory is measured at its steady state.
+        log_peak = {s.name: 0 for s in cluster.servers}
+        compacted: set[str] = set()
+        warmup = None
         start = time.monotonic()
         for w in workers:
             w.start()
@@ -192,6 +209,13 @@ def soak(workdir: Path, bounds: Bounds) -> dict[str, Any]:
                 for a in agents:
                     assert a.running(), f"{a.name} died under load:\n{a.log()[-3000:]}"
                     samples[a.name].append((elapsed, *sample(a.proc.pid)))
+                for s in cluster.servers:
+                    log_len = int(s.raft_stats()["log_len"])
+                    if log_len < log_peak[s.name]:
+                        compacted.add(s.name)
+                    log_peak[s.name] = max(log_peak[s.name], log_len)
+                if warmup is None and len(compacted) == len(cluster.servers):
+                    warmup = max(elapsed, bounds.warmup)
                 time.sleep(bounds.interval)
         finally:
             load.stop.set()
@@ -200,16 +224,18 @@ def soak(workdir: Path, bounds: Bounds) -> dict[str, Any]:
         assert cluster.leader().http.put("/v1/kv/soak/after", content=b"ok").json() is True
         for a in agents:
             assert "Traceback" not in a.log(), a.log()[-3000:]
-        return {"bounds": bounds.__dict__, "ops": load.ops, "errors": load.errors, "agents": summarize(samples, bounds)}
+        warmup = warmup if warmup is not None and warmup < bounds.seconds * 0.6 else bounds.warmup
+        return {"bounds": bounds.__dict__, "warmup": round(warmup), "raft_log_peak": log_peak, "ops": load.ops,
+                "errors": load.errors, "agents": summarize(samples, warmup)}
     finally:
         cluster.close()
 
 
-def summarize(samples: dict[str, list[tuple[float, int, int, int]]], bounds: Bounds) -> dict[str, Any]:
+def summarize(samples: dict[str, list[tuple[float, int, int, int]]], warmup: float) -> dict[str, Any]:
     """Per agent: first- and last-quarter medians (after warm-up) and the whole range, of fds, threads and RSS."""
     out = {}
     for name, rows in samples.items():
-        rows = [r for r in rows if r[0] >= bounds.warmup]
+        rows = [r for r in rows if r[0] >= warmup]
         quarter = max(len(rows) // 4, 1)
         first, last = rows[:quarter], rows[-quarter:]
         fig = {}
@@ -221,14 +247,19 @@ def summarize(samples: dict[str, list[tuple[float, int, int, int]]], bounds: Bou
                 "min": round(min(r[i] for r in rows) * scale, 1),
                 "max": round(max(r[i] for r in rows) * scale, 1),
             }
+        step = max(len(rows) // 10, 1)  # RSS through the run, for reading a trend by eye
+        fig["rss_mib_series"] = [round(r[3] / 2**20, 1) for r in rows[::step]]
         out[name] = {"samples": len(rows), **fig}
     return out
 
 
 def check(report: dict[str, Any], bounds: Bounds) -> None:
-    print(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "agents"}))
+    for name, fig in report["agents"].items():
+        print(name, json.dumps(fig))
     total = sum(report["ops"].values())
     assert total > bounds.seconds * 20, report["ops"]  # the load really ran
+    assert sum(report["errors"].values()) <= total // 100, report["errors"]
     for name, fig in report["agents"].items():
         assert fig["samples"] >= 4, (name, fig)
         assert fig["fds"]["last"] <= fig["fds"]["first"] + bounds.fd_slack, (name, "fds grew", fig["fds"])
