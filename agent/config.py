@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proconsul.agent import structs
+from proconsul.api.decode import loads as decode_json
 
 from proconsul.server import tls as tlsutil
 from proconsul.server.durations import parse_duration
@@ -484,14 +485,18 @@ def _read_json(path: str) -> dict[str, Any]:
     if path.endswith(".hcl"):
         raise ConfigError(f"{path}: HCL config files are not supported yet; use the JSON form")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        raw.decode("utf-8")
+        data = decode_json(raw)  # as the HTTP API reads bodies: no NaN, no lone surrogates
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: invalid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
     return data

@@ -29,6 +29,7 @@ from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, 
 from proconsul.api.headers import FILTERED
 from proconsul.api.lean import Reply, dump_json, read_limited
 from proconsul.api.params import first, has, parse_bool, parse_duration, token_from
+from proconsul.api.decode import loads as decode_json
 from proconsul.server import shapes
 from proconsul.server.acl import Resolved, masked
 from proconsul.server.errors import ACLDisabled, BadRequest, NotFound, ProconsulError
@@ -46,7 +47,7 @@ async def _json_body(request: Request) -> Any:
     if not raw.strip():
         raise BadRequest("Request decode failed: empty body")
     try:
-        return json.loads(raw)
+        return decode_json(raw)
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
 

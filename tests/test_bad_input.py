@@ -21,7 +21,7 @@ async def test_check_update_with_a_body_that_is_not_an_object(api, body: bytes):
 @pytest.mark.parametrize(
     "body,reason",
     [
-        (b'{"LockDelay": Infinity}', "LockDelay: Infinity does not fit a duration"),
+        (b'{"LockDelay": Infinity}', "invalid character 'I' looking for beginning of value"),
         (b'{"LockDelay": 1e400}', "LockDelay: Infinity does not fit a duration"),
         (b'{"LockDelay": -1e300}', "LockDelay: -1e+300 does not fit a duration"),
         (b'{"LockDelay": "3000000h"}', "LockDelay: '3000000h' is not a duration"),
@@ -33,12 +33,40 @@ async def test_session_lock_delay_out_of_range(api, body: bytes, reason: str):
     assert r.status_code == 400 and reason in r.text, r.text
 
 
-async def test_check_interval_nan_is_refused_and_cannot_wedge_anti_entropy(api):
-    """Was accepted (200); every anti-entropy sync then failed formatting NaN, so nothing synced again."""
-    body = b'{"Name": "nan", "Check": {"TTL": "10s", "Interval": NaN}}'
+@pytest.mark.parametrize(
+    "interval,reason",
+    [
+        (b"NaN", "Request decode failed: invalid character 'N' looking for beginning of value"),
+        (b"Infinity", "Request decode failed: invalid character 'I' looking for beginning of value"),
+        (b"1e400", "check Interval: Infinity does not fit a duration"),
+    ],
+)
+async def test_check_interval_not_a_number_is_refused(api, interval: bytes, reason: str):
+    """A NaN interval was accepted (200); every anti-entropy sync then failed formatting it, so nothing synced again.
+
+    JSON bodies are read as Go reads them: NaN and Infinity are not JSON; a number too large for a float is
+    Infinity, which no duration fits.
+    """
+    body = b'{"Name": "nan", "Check": {"TTL": "10s", "Interval": %s}}' % interval
     r = await api.put("/v1/agent/service/register", content=body)
-    assert r.status_code == 400 and "check Interval: NaN does not fit a duration" in r.text, r.text
+    assert r.status_code == 400 and reason in r.text, r.text
     assert "nan" not in (await api.get("/v1/agent/services")).json()
+
+
+async def test_lone_surrogates_become_replacement_characters(api):
+    """A lone UTF-16 surrogate escape was stored as is; no snapshot could be written afterwards (500 here,
+    and Raft log compaction too), and a Meta key holding one was a 500 at once. Go's decoder writes U+FFFD."""
+    r = await api.put("/v1/agent/service/register", content=b'{"Name": "sur", "Meta": {"k\\udfff": "v"}}')
+    assert r.status_code == 400 and "Key contains invalid characters" in r.text, r.text
+    r = await api.put("/v1/agent/service/register", content=b'{"Name": "sur\\ud800", "Meta": {"k": "\\udfff"}}')
+    assert r.status_code == 200, r.text
+    assert (await api.get("/v1/agent/service/sur\ufffd")).json()["Meta"] == {"k": "\ufffd"}
+    r = await api.put("/v1/txn", content=b'[{"KV": {"Verb": "set", "Key": "sur/\\ud800", "Value": "eA=="}}]')
+    assert r.status_code == 200, r.text
+    assert (await api.get("/v1/kv/sur/", params={"keys": ""})).json() == ["sur/\ufffd"]
+    r = await api.put("/v1/agent/service/register", content=b'{"Name": "pair", "Meta": {"smile": "\\ud83d\\ude00"}}')
+    assert (await api.get("/v1/agent/service/pair")).json()["Meta"] == {"smile": "\U0001F600"}  # a real pair stays
+    assert (await api.get("/v1/snapshot")).status_code == 200
 
 
 def test_durations_stop_where_go_durations_do():
