@@ -18,9 +18,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/proconsul agent -dev
 
-# The DNS tests drive dig (Debian's dnsutils); CI runs as root with Debian packages reachable.
+# The DNS tests drive dig (Debian's dnsutils) and the web UI's tests headless Chromium (chromium,
+# chromium-driver); CI runs as root with Debian packages reachable. Without a browser those tests skip, loudly.
 test: $(STAMP)
 	@command -v dig >/dev/null 2>&1 || (apt-get install -y -q dnsutils >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dnsutils >/dev/null))
+	@(command -v chromium && command -v chromedriver) >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || echo "!!! could not install chromium and chromium-driver: the web UI's browser tests will be skipped"
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -32,6 +32,7 @@ from proconsul.agent.router import ServerRouter
 from proconsul.agent.structs import SIDECAR_SUFFIX, CheckDef, ServiceDef, sidecar_default_checks
 from proconsul.agent.version import __version__
 from proconsul.api.app import build_app
+from proconsul.api.protocol import HTTPProtocol
 from proconsul.server.codec import to_wire
 from proconsul.server.commands import RegisterRequest
 from proconsul.server.errors import BadRequest, NotFound, ProconsulError
@@ -563,13 +564,14 @@ class Agent:
         return uvicorn.Config(
             build_app(self),
             loop="none",
-            http="httptools",
+            http=HTTPProtocol,  # httptools, one send per response (api/protocol.py)
             lifespan="off",
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=1,
             timeout_keep_alive=30,
             server_header=False,
+            proxy_headers=False,  # Consul ignores X-Forwarded-*; the middleware costs every request
         )
 
     async def _start_dns(self) -> None:

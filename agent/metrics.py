@@ -240,9 +240,11 @@ class Metrics:
                 s.cell = c = _Cell(value)
                 iv.gauges.append((s, c))
 
-    def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        """Record a sample (timers in milliseconds), as go-metrics' AddSampleWithLabels."""
-        key: Key = name if not labels else (name, tuple(sorted(labels.items())))
+    def observe(self, name: str, value: float, labels: dict[str, str] | tuple[tuple[str, str], ...] | None = None) -> None:
+        """Record a sample (timers in milliseconds), as go-metrics' AddSampleWithLabels.
+
+        Hot callers pass ``labels`` already as sorted (name, value) pairs, which skips the sort."""
+        key: Key = name if not labels else (name, labels if type(labels) is tuple else tuple(sorted(labels.items())))
         now = self._clock()
         with self._lock:
             if now >= self._iv_end:

@@ -1,58 +1,24 @@
-"""The HTTP API: FastAPI hosting Consul's /v1 routes, lean handlers in front for the hot paths."""
+"""The HTTP API an agent serves: lean handlers for the hot paths, FastAPI for the rest (loaded in the background)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.routing import APIRoute
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
-
-from proconsul.agent.version import __version__
-from proconsul.api import acl as acl_api
-from proconsul.api import agent as agent_api
-from proconsul.api import catalog, health, internal, operator, session, snapshot, status, txn
-from proconsul.api import connect_ca as connect_ca_api
-from proconsul.api import config_entries as config_entries_api
-from proconsul.api import intentions as intentions_api
-from proconsul.api import event as event_api
-from proconsul.api import query as query_api
-from proconsul.api.common import reply_response
+from proconsul.api import reads
 from proconsul.api.headers import common_headers
-from proconsul.api.errors import allow_header, method_not_allowed_body, not_found_body, status_for
 from proconsul.api.kv import kv_route
-from proconsul.api.lean import MAX_BODY, App, LeanRoute, Reply, text_reply
-from proconsul.server.errors import ProconsulError
-
-
-ROUTERS = (
-    status.router,
-    operator.router,
-    snapshot.router,
-    txn.router,
-    agent_api.router,
-    catalog.router,
-    health.router,
-    session.router,
-    event_api.router,
-    query_api.router,
-    internal.router,
-    connect_ca_api.router,
-    intentions_api.router,
-    config_entries_api.router,
-    acl_api.router,
-)
-
+from proconsul.api.lean import MAX_BODY, MAX_SNAPSHOT, App, LeanRoute
 
 def route_table(app: App) -> list[tuple[str, frozenset[str]]]:
     """(path, methods) of every documented route the app serves, FastAPI's and lean ones.
 
     Tests walk this table (405s, the OpenAPI schema, later ACLs), so a new route
-    cannot slip past them: add routers to ROUTERS and lean routes to build_app.
+    cannot slip past them: add routers to fastapi_app.ROUTERS and lean routes to build_app.
     """
+    from fastapi.routing import APIRoute
+
+    from proconsul.api.fastapi_app import ROUTERS
+
     methods: dict[str, set[str]] = {}
     for router in ROUTERS:
         for r in router.routes:
@@ -64,56 +30,18 @@ def route_table(app: App) -> list[tuple[str, frozenset[str]]]:
 
 
 def build_app(agent: Any) -> App:
-    """The ASGI app an agent serves on its HTTP port."""
-    api = FastAPI(
-        title="proconsul",
-        version=__version__,
-        description="Consul-compatible HTTP API: KV, transactions, status, operator, snapshots.",
-        docs_url=None,  # Swagger UI loads from a CDN; the schema itself is served
-        redoc_url=None,
-        openapi_url="/openapi.json",
-    )
-    api.state.agent = agent
-    for router in ROUTERS:
-        api.include_router(router)
-    lean: list[LeanRoute] = [kv_route(agent), *health.lean_routes(agent), *catalog.lean_routes(agent)]
+    """The ASGI app an agent serves on its HTTP port; FastAPI's part starts loading now, off the loop."""
+    lean: list[LeanRoute] = [
+        kv_route(agent), *reads.health_routes(agent), *reads.catalog_routes(agent), *reads.status_routes(agent),
+    ]
 
-    @api.get("/", include_in_schema=False)
-    async def root() -> Response:
-        return reply_response(text_reply(200, "proconsul agent: the web UI is not built into this version."))
+    def load_fastapi() -> Any:
+        from proconsul.api.fastapi_app import build_fastapi
 
-    @api.exception_handler(ProconsulError)
-    async def domain_error(request: Request, err: ProconsulError) -> Response:
-        return reply_response(text_reply(status_for(err), str(err)))
+        return build_fastapi(agent, lean)
 
-    @api.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, err: RequestValidationError) -> Response:
-        reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-        return reply_response(text_reply(400, f"Invalid request: {reasons}"))
-
-    @api.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
-        if err.status_code == 405:
-            allow = (err.headers or {}).get("Allow", "")
-            header = [(b"allow", allow_header([m.strip() for m in allow.split(",") if m.strip()]).encode())]
-            if request.method == "OPTIONS":
-                return reply_response(Reply(200, b"", header))
-            return reply_response(text_reply(405, method_not_allowed_body(request.method), header))
-        if err.status_code == 404:
-            return reply_response(text_reply(404, not_found_body(request.url.path)))
-        return reply_response(text_reply(err.status_code, str(err.detail)))
-
-    def openapi() -> dict[str, Any]:
-        if api.openapi_schema is None:
-            schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
-            for route in lean:
-                schema["paths"][route.openapi_path] = route.openapi
-            api.openapi_schema = schema
-        return api.openapi_schema
-
-    api.openapi = openapi  # type: ignore[method-assign]
-    common = common_headers(agent.config.acl_default_policy if agent.config.acl_enabled else "allow")
     cfg = agent.config
+    common = common_headers(cfg.acl_default_policy if cfg.acl_enabled else "allow")
     max_body = max(MAX_BODY, cfg.kv_max_value_size, cfg.txn_max_req_len)
     default_token = (lambda: agent.config.acl_token_default) if cfg.acl_enabled else None
-    return App(api, lean, getattr(agent, "metrics", None), common, max_body, {"/v1/snapshot": snapshot.MAX_SNAPSHOT}, default_token)
+    return App(load_fastapi, lean, getattr(agent, "metrics", None), common, max_body, {"/v1/snapshot": MAX_SNAPSHOT}, default_token)

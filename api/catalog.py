@@ -11,8 +11,8 @@ from proconsul.agent.structs import parse_service
 from proconsul.api.decode import loads as decode_json, as_str, as_strmap, check_unknown, fold
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, query_of, reply_response
 from proconsul.api.headers import meta_headers
-from proconsul.api.health import READ_PARAMS, SERVICE_PARAMS, read_route
-from proconsul.api.lean import LeanRoute, json_reply, read_limited
+from proconsul.api.reads import READ_PARAMS, SERVICE_PARAMS
+from proconsul.api.lean import json_reply, read_limited
 from proconsul.api.params import catalog_query
 from proconsul.server.commands import CheckRecord, DeregisterRequest, RegisterRequest
 from proconsul.server.errors import BadRequest
@@ -20,15 +20,6 @@ from proconsul.server.structs import CatalogQuery, DeregisterArgs, RegisterArgs
 
 router = APIRouter(tags=["catalog"])
 MAX_BODY = 4 * 1024 * 1024
-
-
-def lean_routes(agent: Any) -> list[LeanRoute]:
-    return [
-        read_route(agent, "/v1/catalog/service/", "Catalog.ServiceNodes", "service name", "/v1/catalog/service/{service}",
-                   "Instances of a service", SERVICE_PARAMS),
-        read_route(agent, "/v1/catalog/connect/", "Catalog.ServiceNodes", "service name", "/v1/catalog/connect/{service}",
-                   "Connect-capable instances of a service", SERVICE_PARAMS, connect=True),
-    ]
 
 
 async def _body(request: Request) -> Any:

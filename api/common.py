@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from proconsul.api.lean import Reply, dump_json
 from proconsul.api.headers import JSON
-from proconsul.api.params import query_options
+from proconsul.api.params import CONSISTENT, DC, STALE, TOKEN, param, query_options  # noqa: F401 (the routers' parameters)
 from proconsul.server.structs import QueryOptions
 
 
@@ -42,14 +42,3 @@ def reply_response(reply: Reply) -> Response:
     for k, v in reply.headers:
         resp.headers.append(k.decode("latin-1"), v.decode("latin-1"))
     return resp
-
-
-def param(name: str, description: str, schema: dict | None = None) -> dict[str, Any]:
-    """An OpenAPI query parameter (the handlers parse query strings themselves, with Consul's messages)."""
-    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"}, "description": description}
-
-
-DC = param("dc", "Datacenter (only the agent's own)")
-TOKEN = param("token", "ACL token")
-STALE = param("stale", "Any server may answer", {"type": "boolean"})
-CONSISTENT = param("consistent", "The leader answers after a Raft barrier", {"type": "boolean"})

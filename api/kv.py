@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+from json.encoder import encode_basestring_ascii
 from typing import Any
 from urllib.parse import urlencode
 
-from proconsul.api.headers import meta_headers
+from proconsul.api.headers import JSON, meta_headers
 from proconsul.api.lean import LeanRequest, LeanRoute, Reply, json_reply
 from proconsul.api.params import first, has, parse_uint, query_options
 from proconsul.server.commands import KVSRequest
@@ -66,7 +67,9 @@ def kv_route(agent: Any) -> LeanRoute:
                     *meta_headers(reply.meta),
                 ],
             )
-        return json_reply(entries, pretty, headers=meta_headers(reply.meta))
+        if pretty:
+            return json_reply(entries, pretty, headers=meta_headers(reply.meta))
+        return Reply(200, encode_entries(entries), [JSON, *meta_headers(reply.meta)])
 
     async def kv_put(req: LeanRequest, key: str, q: dict, opts: Any, pretty: bool) -> Reply:
         if not key:
@@ -98,6 +101,24 @@ def kv_route(agent: Any) -> LeanRoute:
         return json_reply(result if op == "delete-cas" else True, pretty)
 
     return LeanRoute(PREFIX, ("GET", "PUT", "DELETE"), handle, "/v1/kv/{key}", OPENAPI)
+
+
+_str = encode_basestring_ascii  # what json.dumps uses for str, so the bytes are the same
+
+
+def encode_entries(entries: list[dict[str, Any]]) -> bytes:
+    """KV entries (``entry_json`` dicts) as compact JSON, byte for byte json.dumps', without its per-call
+    setup: a GET of one key spends more in the generic encoder than in the read itself."""
+    parts = []
+    for e in entries:
+        value = e["Value"]
+        session = f',"Session":{_str(e["Session"])}' if "Session" in e else ""
+        parts.append(
+            f'{{"LockIndex":{e["LockIndex"]},"Key":{_str(e["Key"])},"Flags":{e["Flags"]},'
+            f'"Value":{"null" if value is None else _str(value)}{session},'
+            f'"CreateIndex":{e["CreateIndex"]},"ModifyIndex":{e["ModifyIndex"]}}}'
+        )
+    return ("[" + ",".join(parts) + "]").encode()
 
 
 def conflicting(q: dict, *names: str) -> None:

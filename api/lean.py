@@ -10,13 +10,16 @@ FastAPI, which still hosts the app and publishes the OpenAPI schema for both
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qs
 
+from proconsul.server.codec import compact_json
 from proconsul.api.errors import allow_header, method_not_allowed_body, status_for
 from proconsul.api.headers import COMMON, JSON, TEXT
 from proconsul.server.errors import ProconsulError, TooLarge
@@ -25,6 +28,7 @@ log = logging.getLogger("proconsul.http")
 
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 4 * 1024 * 1024  # the largest body any non-snapshot endpoint takes (catalog, queries)
+MAX_SNAPSHOT = 256 * 1024 * 1024  # what PUT /v1/snapshot takes
 
 
 class LeanRequest:
@@ -43,8 +47,7 @@ class LeanRequest:
     @property
     def query(self) -> dict[str, list[str]]:
         if self._query is None:
-            qs = self.scope["query_string"]
-            self._query = parse_qs(qs.decode("latin-1"), keep_blank_values=True) if qs else {}
+            self._query = parse_query(self.scope["query_string"])
         return self._query
 
     @property
@@ -63,6 +66,21 @@ class LeanRequest:
             yield message.get("body", b"")
             if not message.get("more_body", False):
                 return
+
+
+def parse_query(qs: bytes) -> dict[str, list[str]]:
+    """A query string as parse_qs(keep_blank_values=True) reads it; plain ones (no escapes) without it."""
+    if not qs:
+        return {}
+    text = qs.decode("latin-1")
+    if "%" in text or "+" in text or ";" in text:
+        return parse_qs(text, keep_blank_values=True)
+    out: dict[str, list[str]] = {}
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            out.setdefault(name, []).append(value)
+    return out
 
 
 async def read_limited(
@@ -91,7 +109,7 @@ def dump_json(obj: Any, pretty: bool) -> bytes:
     """Consul's marshalJSON: compact, or 4-space indented with a trailing newline."""
     if pretty:
         return json.dumps(obj, indent=4).encode() + b"\n"
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return compact_json(obj)
 
 
 def json_reply(obj: Any, pretty: bool, status: int = 200, headers: Headers | None = None) -> Reply:
@@ -111,29 +129,35 @@ async def send_reply(send: Callable[[dict], Awaitable[None]], reply: Reply, comm
 
 @dataclass
 class LeanRoute:
-    """A route served without FastAPI: every path under ``prefix``."""
+    """A route served without FastAPI: every path under ``prefix`` (or ``prefix`` alone when ``exact``)."""
 
     prefix: str
     methods: tuple[str, ...]
     handler: Callable[[LeanRequest], Awaitable[Reply]]
     openapi_path: str
     openapi: dict[str, Any]
+    exact: bool = False  # the path is ``prefix`` itself, not anything under it
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
+    def matches(self, path: str) -> bool:
+        return path == self.prefix if self.exact else path.startswith(self.prefix)
+
+    async def reply(self, scope: dict, receive: Callable) -> Reply:
+        """The answer to one request (errors become Consul's status codes, never an exception)."""
         req = LeanRequest(scope, receive)
         if req.method == "OPTIONS":
-            reply = Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
-        elif req.method not in self.methods:
-            reply = text_reply(405, method_not_allowed_body(req.method), [(b"allow", allow_header(self.methods).encode())])
-        else:
-            try:
-                reply = await self.handler(req)
-            except ProconsulError as err:
-                reply = text_reply(status_for(err), str(err))
-            except Exception:
-                log.exception("%s %s failed", req.method, req.path)
-                reply = text_reply(500, "An unexpected error occurred")
-        await send_reply(send, reply, common)
+            return Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
+        if req.method not in self.methods:
+            return text_reply(405, method_not_allowed_body(req.method), [(b"allow", allow_header(self.methods).encode())])
+        try:
+            return await self.handler(req)
+        except ProconsulError as err:
+            return text_reply(status_for(err), str(err))
+        except Exception:
+            log.exception("%s %s failed", req.method, req.path)
+            return text_reply(500, "An unexpected error occurred")
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable, common: Headers = COMMON) -> None:
+        await send_reply(send, await self.reply(scope, receive), common)
 
 
 _TOKEN_HEADERS = (b"x-consul-token", b"authorization")
@@ -147,37 +171,72 @@ def with_default_token(scope: dict, token: str) -> dict:
 
 
 class App:
-    """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all."""
+    """The ASGI app uvicorn serves: lean routes first, FastAPI for the rest, Consul's common headers on all.
+
+    FastAPI, its routers and their models take most of an agent's start-up, so ``load_fastapi`` runs on
+    a thread of its own from the start: lean routes (KV, health and catalog reads, status) answer at
+    once, and a request for anything else waits until FastAPI is there (a few hundred ms at most).
+    """
 
     def __init__(
-        self, fastapi_app: Any, lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
+        self, load_fastapi: Callable[[], Any], lean_routes: list[LeanRoute], metrics: Any = None, common: Headers = COMMON,
         max_body: int = MAX_BODY, large_bodies: dict[str, int] | None = None,
         default_token: Callable[[], str] | None = None,
     ) -> None:
-        self.fastapi_app = fastapi_app
         self.lean = [(r.prefix, r) for r in lean_routes]
         self.metrics = metrics
         self.common = common
         self.max_body = max_body  # any request declaring more is refused before routing
         self.large_bodies = large_bodies or {}  # path -> its own, larger limit (snapshot restore)
         self.default_token = default_token  # with ACLs on: acl.tokens.default, for requests that carry none
+        self._labels: dict[tuple[str, str], tuple] = {}  # (method, route) -> its metric labels, sorted
+        self._fastapi: Any = None
+        self._load_error: BaseException | None = None
+        self._loaded = threading.Event()
+        threading.Thread(target=self._load, args=(load_fastapi,), name="http-api-load", daemon=True).start()
+
+    def _load(self, load_fastapi: Callable[[], Any]) -> None:
+        try:
+            self._fastapi = load_fastapi()
+        except BaseException as err:  # every non-lean request will answer 500 and say why in the log
+            self._load_error = err
+            log.exception("loading the HTTP API failed")
+        finally:
+            self._loaded.set()
+
+    @property
+    def fastapi_app(self) -> Any:
+        """The FastAPI app, waiting for it to load (for the schema and tests; requests never block the loop)."""
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+        return self._fastapi
+
+    @fastapi_app.setter
+    def fastapi_app(self, value: Any) -> None:
+        self._loaded.wait()
+        self._fastapi = value
+
+    async def _api(self) -> Any:
+        if not self._loaded.is_set():
+            await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
+        if self._load_error is not None:
+            raise self._load_error
+        return self._fastapi
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
-            await self.fastapi_app(scope, receive, send)
+            await (await self._api())(scope, receive, send)
+            return
+        route = self.lean_route(scope["path"])
+        if route is not None:
+            await send_reply(send, await self.lean_reply(route, scope, receive), self.common)
             return
         started = time.perf_counter()
         if self.default_token is not None:
             scope = with_default_token(scope, self.default_token())
-        path = scope["path"]
         route_name = None
         try:
-            for prefix, route in self.lean:
-                if path.startswith(prefix):
-                    route_name = route.openapi_path
-                    await route(scope, receive, send, self.common)
-                    return
-
             refusal = self._too_large(scope)
             if refusal is not None:
                 await send_reply(send, text_reply(413, refusal), self.common)
@@ -188,15 +247,37 @@ class App:
                     message = {**message, "headers": [*self.common, *message.get("headers", [])]}
                 await send(message)
 
-            await self.fastapi_app(scope, receive, send_with_common_headers)
-            route = scope.get("route")
-            route_name = getattr(route, "path", None) or "unmatched"
+            await (await self._api())(scope, receive, send_with_common_headers)
+            matched = scope.get("route")
+            route_name = getattr(matched, "path", None) or "unmatched"
         finally:
-            if self.metrics is not None and route_name is not None:
-                # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
-                self.metrics.observe(
-                    "api.http", (time.perf_counter() - started) * 1000.0, {"method": scope["method"], "path": route_name}
-                )
+            if route_name is not None:
+                self._observe(scope["method"], route_name, started)
+
+    def lean_route(self, path: str) -> LeanRoute | None:
+        """The lean route that serves ``path``, if one does."""
+        for _, route in self.lean:
+            if route.matches(path):
+                return route
+        return None
+
+    async def lean_reply(self, route: LeanRoute, scope: dict, receive: Callable) -> Reply:
+        """A lean route's answer, with the default token and the request metric (what ``__call__`` sends)."""
+        started = time.perf_counter()
+        if self.default_token is not None:
+            scope = with_default_token(scope, self.default_token())
+        try:
+            return await route.reply(scope, receive)
+        finally:
+            self._observe(scope["method"], route.openapi_path, started)
+
+    def _observe(self, method: str, route_name: str, started: float) -> None:
+        if self.metrics is not None:
+            # Consul's consul.api.http sample, labelled by method and route pattern (not the raw path).
+            labels = self._labels.get((method, route_name))
+            if labels is None:
+                labels = self._labels[(method, route_name)] = (("method", method), ("path", route_name))
+            self.metrics.observe("api.http", (time.perf_counter() - started) * 1000.0, labels)
 
     def _too_large(self, scope: dict) -> str | None:
         """The refusal for a request whose declared body is past the limit (bodies that declare no length

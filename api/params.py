@@ -113,3 +113,14 @@ def catalog_query(name: str, query: Query, headers: Mapping[str, str]) -> "Catal
         filter=first(query, "filter"),
         opts=query_options(query, headers),
     )
+
+
+def param(name: str, description: str, schema: dict | None = None) -> dict:
+    """An OpenAPI query parameter (the handlers parse query strings themselves, with Consul's messages)."""
+    return {"name": name, "in": "query", "required": False, "schema": schema or {"type": "string"}, "description": description}
+
+
+DC = param("dc", "Datacenter (only the agent's own)")
+TOKEN = param("token", "ACL token")
+STALE = param("stale", "Any server may answer", {"type": "boolean"})
+CONSISTENT = param("consistent", "The leader answers after a Raft barrier", {"type": "boolean"})

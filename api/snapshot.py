@@ -7,12 +7,11 @@ from starlette.responses import Response
 
 from proconsul.api.common import DC, STALE, TOKEN, agent_of, opts_of, reply_response
 from proconsul.api.headers import meta_headers
-from proconsul.api.lean import Reply, read_limited
+from proconsul.api.lean import MAX_SNAPSHOT, Reply, read_limited
 from proconsul.server.structs import DatacenterRequest, SnapshotRestore
 
 router = APIRouter(tags=["snapshot"])
 
-MAX_SNAPSHOT = 256 * 1024 * 1024
 SQLITE = (b"content-type", b"application/vnd.sqlite3")
 
 

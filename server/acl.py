@@ -83,6 +83,8 @@ session_prefix "" {
 	policy = "write"
 }"""
 ACL_NOT_FOUND = "ACL not found"  # Consul's acl.ErrNotFound
+TOKEN_REAP_INTERVAL = 1.0  # Consul's aclTokenReapingRateLimit: one pass a second
+TOKEN_REAP_BATCH = 128  # Consul's aclBatchDeleteSize is in bytes; 128 IDs stay well under it
 
 
 # ---------------------------------------------------------------- time, hashes, IDs
@@ -387,12 +389,38 @@ async def initialize_acls(srv: Any) -> None:
             log.info("created ACL initial management token from configuration")
 
 
+async def reap_expired_tokens(srv: Any, now: float | None = None) -> int:
+    """Consul's reapExpiredACLTokens: delete up to a batch of expired tokens through Raft; how many."""
+    now = time.time() if now is None else now
+    expired = []
+    for accessor, expires in srv.state.acl_token_expirations():
+        try:
+            if parse_rfc3339(expires).timestamp() <= now:
+                expired.append(accessor)
+        except ValueError:
+            continue
+        if len(expired) >= TOKEN_REAP_BATCH:
+            break
+    if expired:
+        await _propose(srv, ACLTokenRequest("delete", ids=expired))
+        log.info("reaped %d expired ACL token(s)", len(expired))
+    return len(expired)
+
+
 async def acl_leader_loop(srv: Any, is_active: Any) -> None:
-    """Run ``initialize_acls`` until it succeeds or leadership ends."""
+    """Run ``initialize_acls`` until it succeeds, then reap expired tokens about once a second, while leader."""
     while is_active():
         try:
             await initialize_acls(srv)
-            return
+            break
         except ProconsulError as err:
             log.warning("initializing ACLs failed, will retry: %s", err)
             await asyncio.sleep(0.5)
+    while is_active():
+        await asyncio.sleep(TOKEN_REAP_INTERVAL)
+        if not is_active():
+            return
+        try:
+            await reap_expired_tokens(srv)
+        except ProconsulError as err:
+            log.warning("reaping expired ACL tokens failed, will retry: %s", err)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from proconsul.server.codec import from_wire, to_wire
+from proconsul.server.codec import compact_json, from_wire, to_wire
 
 
 @dataclass
@@ -376,6 +376,22 @@ class ACLRoleRequest:
     ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Batch:
+    """Several encoded commands in one log entry, applied in order at that entry's index.
+
+    The leader coalesces writes proposed in the same event-loop turn (see ``RaftNode.apply``),
+    so pysyncobj pays its per-entry costs once for all of them. Only commands that tolerate
+    sharing a Raft index are batched (BATCHABLE): a leaf certificate's serial, for one, is its
+    index. Wire form: the type byte, then each payload as a 4-byte big-endian length and its bytes.
+    """
+
+    payloads: list[bytes]
+
+
+BATCH_TYPE = 21
+
+
 # type byte -> command class; append only.
 COMMAND_TYPES: dict[int, type] = {
     1: KVSRequest,
@@ -398,6 +414,7 @@ COMMAND_TYPES: dict[int, type] = {
     18: ACLTokenRequest,
     19: ACLPolicyRequest,
     20: ACLRoleRequest,
+    BATCH_TYPE: Batch,
 }
 _TYPE_BYTES: dict[type, bytes] = {cls: bytes([t]) for t, cls in COMMAND_TYPES.items()}
 
@@ -406,9 +423,31 @@ class UnknownCommandError(Exception):
     """A log entry this version cannot decode: applying past it would diverge."""
 
 
+# Commands that may share a log entry (and so a Raft index) with others: see Batch.
+BATCHABLE: frozenset[type] = frozenset({KVSRequest, TxnRequest, RegisterRequest, DeregisterRequest, BarrierRequest})
+
+
 def encode(cmd: Any) -> bytes:
     """Command to log payload."""
-    return _TYPE_BYTES[type(cmd)] + json.dumps(to_wire(cmd), separators=(",", ":")).encode()
+    return _TYPE_BYTES[type(cmd)] + compact_json(to_wire(cmd))
+
+
+def encode_batch(payloads: list[bytes]) -> bytes:
+    """Encoded commands to one Batch payload."""
+    parts = [bytes([BATCH_TYPE])]
+    for p in payloads:
+        parts.append(len(p).to_bytes(4, "big"))
+        parts.append(p)
+    return b"".join(parts)
+
+
+def _decode_batch(payload: bytes) -> Batch:
+    out, pos, end = [], 1, len(payload)
+    while pos < end:
+        n = int.from_bytes(payload[pos : pos + 4], "big")
+        out.append(payload[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return Batch(out)
 
 
 def decode(payload: bytes) -> Any:
@@ -416,4 +455,6 @@ def decode(payload: bytes) -> Any:
     cls = COMMAND_TYPES.get(payload[0]) if payload else None
     if cls is None:
         raise UnknownCommandError(f"unknown command type {payload[:1]!r}")
+    if cls is Batch:
+        return _decode_batch(payload)
     return from_wire(cls, json.loads(payload[1:]))

@@ -2,7 +2,7 @@
 
 Contract (hashicorp/raft's FSM, adapted to pysyncobj):
 
-* ``apply(payload, index)`` runs on pysyncobj's thread for every committed entry,
+* ``apply(payload, index)`` runs inside a Raft tick (on the event loop) for every committed entry,
   in log order, on every server. It is deterministic — no clock, randomness or
   I/O — so replicas stay identical.
 * It never raises for a bad command: a store error is *returned* as the result
@@ -27,6 +27,7 @@ from proconsul.server.commands import (
     ACLRoleRequest,
     ACLTokenRecord,
     ACLTokenRequest,
+    Batch,
     BarrierRequest,
     CALeafRequest,
     CARequest,
@@ -68,6 +69,8 @@ class FSM:
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
+        # payload -> the command it was encoded from, left by this node's proposer (see ``remember``).
+        self.proposed: dict[bytes, Any] = {}
         self._handlers: dict[type, Callable[[Any, int], Any]] = {
             KVSRequest: self.apply_kvs,
             TxnRequest: self.apply_txn,
@@ -92,8 +95,15 @@ class FSM:
         }
 
     def apply(self, payload: bytes, index: int) -> Any:
-        """Apply one committed entry at ``index``; returns the result or the error (see module docstring)."""
-        cmd = decode(payload)  # UnknownCommandError propagates on purpose
+        """Apply one committed entry at ``index``; returns the result or the error (see module docstring).
+
+        A Batch applies its commands in order at the same index and returns their results as a list.
+        """
+        cmd = self.proposed.pop(payload, None) if self.proposed else None
+        if cmd is None:
+            cmd = decode(payload)  # UnknownCommandError propagates on purpose
+        if type(cmd) is Batch:
+            return [self.apply(p, index) for p in cmd.payloads]
         try:
             return self._handlers[type(cmd)](cmd, index)
         except ProconsulError as err:
@@ -101,6 +111,18 @@ class FSM:
         except Exception as err:  # a bug in a handler: report it, keep the node alive
             log.exception("apply of %s at index %d failed", type(cmd).__name__, index)
             return StoreError(f"apply failed: {err}")
+
+    def remember(self, payload: bytes, cmd: Any) -> None:
+        """The leader proposed ``payload`` from ``cmd``: apply may take ``cmd`` instead of decoding it again.
+
+        Only for KVSRequest, whose fields (str, int, bytes) come back from decode(encode(cmd)) equal,
+        so leader and followers apply equal commands. Forgotten when applied; bounded in case entries
+        never commit (a lost leadership also clears it).
+        """
+        if type(cmd) is KVSRequest:
+            if len(self.proposed) >= 4096:
+                self.proposed.clear()
+            self.proposed[payload] = cmd
 
     def apply_kvs(self, req: KVSRequest, index: int) -> bool:
         st = self.state

@@ -31,6 +31,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from proconsul.server.codec import compact_json
 from proconsul.server.errors import ERRORS, PermissionDenied, ProconsulError, RPCError, RPCUnreachable
 from proconsul.server.tls import is_server_cert, peer_dns_names
 
@@ -55,7 +56,7 @@ class IncomingTLS:
 
 
 def _frame(obj: Any) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
+    body = compact_json(obj)
     return _HEADER.pack(len(body)) + body
 
 

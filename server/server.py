@@ -97,9 +97,10 @@ class Server:
         """Listen for RPC, then start Raft now (dev, bootstrap, known peers) or once enough servers joined."""
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        self.state.notify = lambda chs: loop.call_soon_threadsafe(fire_all, chs)
-        self.state.on_tombstone = lambda index: loop.call_soon_threadsafe(self.leader_duties.hint_tombstone, index)
-        self.state.on_lock_delay = lambda keys, delay: loop.call_soon_threadsafe(self.lock_delays.record, keys, delay)
+        # Raft applies on this loop (RaftNode ticks here): fire watches once the apply is over.
+        self.state.notify = lambda chs: loop.call_soon(fire_all, chs)
+        self.state.on_tombstone = lambda index: loop.call_soon(self.leader_duties.hint_tombstone, index)
+        self.state.on_lock_delay = lambda keys, delay: loop.call_soon(self.lock_delays.record, keys, delay)
         await self.rpc.start(self.config.bind_addr, self.config.server_port)
         self._tasks.append(asyncio.create_task(self.members.run(), name="membership"))
 
@@ -110,8 +111,7 @@ class Server:
         await self.rpc.stop()
         self.pool.close()
         if self.raft is not None:
-            raft = self.raft
-            await asyncio.get_running_loop().run_in_executor(None, raft.stop)
+            self.raft.stop()
 
     def start_raft(self, peers: list[str]) -> None:
         """Start the Raft node with these voters (raft addresses); persists them for restarts."""
@@ -173,6 +173,8 @@ class Server:
     async def forward(self, method: str, args: Any, datacenter: str, hops: int) -> tuple[bool, Any]:
         """Consul's forward for writes: (False, None) when this server is the leader, else the leader's answer."""
         self.check_datacenter(datacenter)
+        if self.is_leader():  # the common case, without a coroutine per call
+            return False, None
         return await self._forward_to_leader(method, args, hops)
 
     async def forward_read(self, method: str, args: Any, opts: QueryOptions, hops: int) -> tuple[bool, Any]:
@@ -180,7 +182,7 @@ class Server:
         self.check_datacenter(opts.datacenter)
         if opts.stale and opts.consistent:
             raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
-        if opts.stale:
+        if opts.stale or (self._consistent_ready and self.is_leader()):
             return False, None
         done, result = await self._forward_to_leader(method, args, hops)
         if not done:

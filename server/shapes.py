@@ -9,10 +9,10 @@ the hot /v1/health/service read.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from typing import Any, Hashable, Sequence
 
+from proconsul.server.codec import compact_json
 from proconsul.server.commands import CheckRecord, NodeService
 from proconsul.server.state import HealthCheck, Member, Node, PreparedQuery, ServiceInstance, Session
 
@@ -215,11 +215,6 @@ class EncodedJSON:
         self.body = body
 
 
-def dumps_compact(obj: Any) -> bytes:
-    """Compact JSON, byte for byte what the HTTP layer writes for a non-pretty reply."""
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 HealthRow = tuple[Node, ServiceInstance, Sequence[HealthCheck]]  # a row of the store's check_service_nodes
 
 
@@ -252,7 +247,7 @@ class HealthEntryCache:
             key = (node.node, svc.service_id)
             hit = entries.get(key)
             if hit is None or hit[0] is not node or hit[1] is not svc or hit[2] != checks:
-                hit = (node, svc, checks, dumps_compact(health_entry_json(node, svc, checks)))
+                hit = (node, svc, checks, compact_json(health_entry_json(node, svc, checks)))
                 entries[key] = hit
                 self.builds += 1
             parts += (hit[3], b",")

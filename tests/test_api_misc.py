@@ -117,7 +117,8 @@ async def test_every_route_answers_405_to_methods_it_does_not_serve(api):
 
 
 async def test_kv_hot_path_never_enters_fastapi(api, monkeypatch):
-    """The regression guard for the lean handlers: KV requests must not pay for FastAPI's routing or validation."""
+    """The regression guard for the lean handlers: KV, service health and catalog reads and status must not pay
+    for FastAPI's routing or validation (no pydantic on the hot paths)."""
     from proconsul.api.app import build_app
 
     built = build_app(api.agent)
@@ -135,10 +136,14 @@ async def test_kv_hot_path_never_enters_fastapi(api, monkeypatch):
         assert (await c.put("/v1/kv/hot/a", content=b"1")).status_code == 200
         assert (await c.get("/v1/kv/hot/a")).status_code == 200
         assert (await c.get("/v1/kv/hot/", params={"recurse": ""})).status_code == 200
+        assert (await c.get("/v1/kv/hot/a", params={"stale": ""})).status_code == 200
         assert (await c.delete("/v1/kv/hot/a")).status_code == 200
-        assert entered == []
+        assert (await c.get("/v1/health/service/consul", params={"passing": ""})).status_code == 200
+        assert (await c.get("/v1/catalog/service/consul")).status_code == 200
         assert (await c.get("/v1/status/leader")).status_code == 200
-        assert entered == ["/v1/status/leader"]
+        assert entered == []
+        assert (await c.get("/v1/catalog/services")).status_code == 200  # the spy sees what does go to FastAPI
+        assert entered == ["/v1/catalog/services"]
 
 
 async def test_chunked_body_past_the_limit_is_refused(api):

@@ -13,9 +13,11 @@ from proconsul.server.commands import (
     TombstoneRequest,
     TxnKVOp,
     TxnRequest,
+    Batch,
     UnknownCommandError,
     decode,
     encode,
+    encode_batch,
 )
 from proconsul.server.errors import StoreError
 from proconsul.server.fsm import FSM, TxnResult
@@ -32,6 +34,22 @@ def test_commands_round_trip_through_the_wire_form():
     ]
     for cmd in cmds:
         assert decode(encode(cmd)) == cmd
+
+
+def test_a_batch_applies_in_order_at_one_index_with_a_result_each():
+    payloads = [
+        encode(KVSRequest(op="set", key="a", value=b"1")),
+        encode(KVSRequest(op="cas", key="a", value=b"2", index=7)),  # a's index is 7 by now: wins
+        encode(KVSRequest(op="cas", key="a", value=b"3", index=6)),  # stale index: loses
+        encode(KVSRequest(op="lock", key="b", value=b"v", session="nope")),  # an error, in its slot only
+        encode(KVSRequest(op="set", key="c", value=b"")),
+    ]
+    assert decode(encode_batch(payloads)) == Batch(payloads)
+    st = StateStore()
+    results = FSM(st).apply(encode_batch(payloads), 7)
+    assert results[:3] == [True, True, False] and isinstance(results[3], StoreError) and results[4] is True
+    assert st.kv_get("a")[1].value == b"2" and st.kv_get("a")[1].modify_index == 7
+    assert st.kv_get("b")[1] is None and st.kv_get("c")[1].modify_index == 7
 
 
 def test_unknown_command_type_is_refused_not_skipped():
@@ -95,3 +113,20 @@ def test_restore_command_carries_tables_through_json():
     assert fresh.kv_get("b/c")[1].flags == 1
     with pytest.raises(ValueError):
         tables_from_wire({"nope": []})
+
+
+def test_a_remembered_kv_command_applies_as_its_decoded_payload_would():
+    """The leader skips decoding its own KV proposals: the state must be what decoding gives, and
+    only KVSRequest (whose wire form round-trips exactly) is remembered."""
+    cmds = [KVSRequest(op="set", key=f"k{i}", value=bytes([i]) * i or None, flags=i) for i in range(5)]
+    remembered, decoded = StateStore(), StateStore()
+    fsm = FSM(remembered)
+    for i, cmd in enumerate(cmds):
+        payload = encode(cmd)
+        fsm.remember(payload, cmd)
+        assert fsm.apply(payload, 10 + i) is True
+        assert FSM(decoded).apply(payload, 10 + i) is True
+    assert fsm.proposed == {}
+    assert remembered.checksum() == decoded.checksum()
+    fsm.remember(encode(TxnRequest(ops=[])), TxnRequest(ops=[]))
+    assert fsm.proposed == {}

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import AgentProc, start_dev_agent
+from conftest import AgentProc, free_ports, start_dev_agent
 
 GIB = 1024 * 1024 * 1024
 
@@ -75,3 +75,40 @@ def test_http_api_binds_loopback_unless_told_otherwise():
 
     assert config.build({"dev": True}, [], []).client_addr == "127.0.0.1"
     assert config.build({"dev": True, "client_addr": "0.0.0.0"}, [], []).client_addr == "0.0.0.0"
+
+
+SCRIPT_CHECK = {"Name": "scripted", "Args": ["/bin/true"], "Interval": "10s"}
+
+
+@pytest.mark.parametrize(
+    "flags,from_file,over_http",
+    [
+        ({}, False, False),  # the default: no script checks at all
+        ({"enable_local_script_checks": True}, True, False),  # from config files only, as Consul recommends
+        ({"enable_script_checks": True}, True, True),
+    ],
+)
+def test_script_checks_need_their_flag(tmp_path: Path, flags: dict, from_file: bool, over_http: bool):
+    """Consul's enable_script_checks / enable_local_script_checks: which sources may define script checks."""
+    cfg = {**flags, "checks": [{"id": "from-file", "name": "from-file", "args": ["/bin/true"], "interval": "10s"}]}
+    http, server = free_ports(2)
+    agent = AgentProc("scripts", tmp_path, {**cfg, "ports": {"http": http, "server": server, "dns": -1}, "node_name": "scripts"})
+    agent.start(["-dev"])
+    try:
+        if not from_file:
+            # The agent refuses its own config file: one line, the reason, no traceback.
+            assert agent.proc.wait(timeout=20) != 0
+            log = agent.log()
+            assert "check from-file: script checks are disabled on this agent" in log and "Traceback" not in log, log
+            return
+        agent.wait_ready()
+        assert "from-file" in agent.http.get("/v1/agent/checks").json()
+        r = agent.http.put("/v1/agent/check/register", json=SCRIPT_CHECK)
+        if over_http:
+            assert r.status_code == 200, r.text
+        else:
+            assert r.status_code == 400 and "Scripts are disabled on this agent from remote calls" in r.text
+            assert "scripted" not in agent.http.get("/v1/agent/checks").json()
+    finally:
+        agent.stop()
+

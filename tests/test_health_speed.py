@@ -344,7 +344,7 @@ def test_the_encoded_marker_does_not_cross_server_rpc() -> None:
 
 @pytest.mark.anyio
 async def test_lean_route_sends_the_encoded_bytes_and_pretty_takes_the_plain_path() -> None:
-    from proconsul.api.health import lean_routes
+    from proconsul.api.reads import health_routes as lean_routes
 
     async with dev_agent() as api:
         agent = api.agent  # type: ignore[attr-defined]

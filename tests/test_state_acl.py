@@ -245,3 +245,41 @@ async def test_client_down_policy_allow_and_deny(policy, allowed):
     agent.config = replace(cfg, acl_down_policy="extend-cache")  # nothing cached to extend: the error shows
     with pytest.raises(RPCError):
         await resolve(agent, "other-secret")
+
+
+@pytest.mark.anyio
+async def test_the_leader_reaps_expired_tokens():
+    """Consul's token reaping: an expired token is deleted through Raft by the leader, unexpired ones stay."""
+    from dataclasses import replace
+
+    import anyio
+    import httpx
+
+    from conftest import free_ports
+    from proconsul.agent import config
+    from proconsul.agent.agent import Agent
+    from proconsul.api.app import build_app
+
+    (server_port,) = free_ports(1)
+    cfg = config.build({"dev": True, "port_http": -1, "port_dns": -1, "port_server": server_port, "node_name": "reap"}, [], [])
+    agent = Agent(replace(cfg, acl_enabled=True, acl_default_policy="deny", acl_token_initial_management=S1))
+    await agent.start()
+    try:
+        st = agent.server.state
+        with anyio.fail_after(10):
+            while st.acl_token_get_by_secret(S1)[1] is None:
+                await anyio.sleep(0.02)
+        # One-second tokens are below Consul's minimum TTL; lower it on this server only.
+        agent.server.config = replace(agent.server.config, acl_token_min_expiration_ttl=0.5)
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(agent)), base_url="http://agent", headers={"X-Consul-Token": S1})
+        short = (await api.put("/v1/acl/token", json={"Description": "short", "ExpirationTTL": "1s"})).json()
+        long = (await api.put("/v1/acl/token", json={"Description": "long", "ExpirationTTL": "1h"})).json()
+        assert st.acl_token_get(short["AccessorID"])[1] is not None
+        with anyio.fail_after(5):
+            while st.acl_token_get(short["AccessorID"])[1] is not None:
+                await anyio.sleep(0.05)
+        assert st.acl_token_get(long["AccessorID"])[1] is not None
+        assert (await api.get(f"/v1/acl/token/{short['AccessorID']}")).status_code == 404
+        await api.aclose()
+    finally:
+        await agent.stop()

@@ -36,7 +36,7 @@ async def propose(srv: Any, cmd: Any) -> Any:
     started = time.perf_counter()
     result = await srv.raft.apply(cmd)
     if srv.metrics is not None:
-        srv.metrics.observe("raft.apply", (time.perf_counter() - started) * 1000.0, {"type": type(cmd).__name__})
+        srv.metrics.observe("raft.apply", (time.perf_counter() - started) * 1000.0, (("type", type(cmd).__name__),))
     if isinstance(result, Exception):
         raise result
     return result

@@ -21,7 +21,7 @@ async def raft_get_configuration(srv: Any, args: DatacenterRequest, hops: int) -
     raft = srv.raft
     if raft is None:  # a server still waiting for bootstrap-expect peers (only ?stale gets here)
         return {"Servers": [], "Index": 0}
-    last_indexes = await raft.on_tick_thread(lambda: _last_indexes(raft))
+    last_indexes = raft.last_indexes()
     leader = raft.leader()
     servers = []
     for addr in raft.peers():
@@ -39,17 +39,6 @@ async def raft_get_configuration(srv: Any, args: DatacenterRequest, hops: int) -
             }
         )
     return {"Servers": servers, "Index": raft.applied_index()}
-
-
-def _last_indexes(raft: Any) -> dict[str, int]:
-    """Tick thread: the leader's view of each voter's last log index (its own for itself)."""
-    sync = raft._sync
-    st = sync.getStatus()
-    out = {raft.self_addr: sync._SyncObj__raftLog[-1][1]}
-    for key, value in st.items():
-        if key.startswith("match_idx_server_"):
-            out[key[len("match_idx_server_") :]] = value
-    return out
 
 
 @endpoint("Operator.RaftRemovePeer", RaftPeerRequest)

@@ -27,6 +27,6 @@ async def status_peers(srv: Any, args: DatacenterRequest, hops: int) -> list[str
 @endpoint("Status.RaftStats", DatacenterRequest)
 async def status_raft_stats(srv: Any, args: DatacenterRequest, hops: int) -> dict[str, Any]:
     """Consul's Stats.raft block of /v1/agent/self, plus our applied index for tests to wait on."""
-    stats = await srv.raft.stats() if srv.raft is not None else {"state": "Follower", "applied_index": "0"}
+    stats = srv.raft.stats() if srv.raft is not None else {"state": "Follower", "applied_index": "0"}
     stats["known_leader"] = str(srv.leader_rpc_addr() is not None).lower()
     return stats

@@ -418,6 +418,11 @@ class ACLStore:
                 out.append(self._token_view(t))
             return self._acl_token_index(), out
 
+    def acl_token_expirations(self) -> list[tuple[str, str]]:
+        """(AccessorID, ExpirationTime) of every token that has one: the leader reaps the expired (Consul's ACLTokenListExpired)."""
+        with self._lock:
+            return [(a, t.expiration_time) for a, t in self._acl_tokens.items() if t.expiration_time]
+
     def acl_policy_get(self, policy_id: str = "", name: str = "", ws: WatchSet | None = None) -> tuple[int, ACLPolicy | None]:
         """One policy by ID, or by name case-insensitively (Consul's ACLPolicyGetByID / ByName)."""
         with self._lock:

@@ -2,7 +2,7 @@
 
 Invariants (the FSM relies on them, as hashicorp/raft's FSM contract does):
 
-* Writes happen on one thread only (pysyncobj's apply thread) and take the Raft
+* Writes happen on one thread only (the event loop's, where Raft applies) and take the Raft
   index of the entry that carries them; no clock, randomness or I/O here, so
   every replica that applies the same log holds the same rows.
 * Every row carries ``create_index``/``modify_index``; the ``index`` table keeps
@@ -103,6 +103,8 @@ class StoreBase:
         self.notify: Callable[[list[WatchChannel]], None] = fire_all
         for part in self.PARTS:
             getattr(self, f"_{part}_init")()
+        # Asked on every commit: bound once here rather than looked up by name per write.
+        self._fired_hooks = [getattr(self, f"_{part}_fired") for part in self.PARTS]
 
     # ---------------------------------------------------------------- indexes
 
@@ -162,8 +164,8 @@ class StoreBase:
                     undo()
                 raise
             fired = [ch for key in tx.watch_keys if (ch := self._watches.pop(key, None)) is not None]
-            for part in self.PARTS:
-                fired += getattr(self, f"_{part}_fired")(tx)
+            for hook in self._fired_hooks:
+                fired += hook(tx)
         if fired:
             self.notify(fired)
         for keys, delay in tx.lock_delays:
