@@ -14,9 +14,11 @@ in-memory Raft log once if that comes later (but within the first 60% of the
 run): before that, memory grows with the log by design. After it, the samples
 split into quarters; for each process:
 
-* fds: the last quarter's median is at most the first quarter's + FD_SLACK
-* threads: the last quarter's median is at most the first quarter's + THREAD_SLACK
-* RSS: the last quarter's median is at most RSS_RATIO x the first quarter's
+* fds: the last quarter's median is at most the first quarter's + ``fd_slack``
+* threads: the last quarter's median is at most the first quarter's + ``thread_slack``
+* RSS: the last quarter's median is at most ``rss_ratio`` x the first quarter's
+
+(the bounds are ``SHORT``'s and ``LONG``'s below), and at most 1% of the operations failed.
 
 The short run is part of the suite; ``PROCONSUL_SLOW=1`` adds the 10-minute one
 (``PROCONSUL_SOAK_SECONDS`` changes its length). Both print their figures.
