@@ -639,7 +639,14 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        await self.start()
+        try:
+            await self.start()
+        except StartupError:
+            # What already runs (Raft, leader duties such as the CA's first root) stops before the loop
+            # closes, so a refused start is the one line the CLI prints, not tracebacks of orphaned tasks.
+            with contextlib.suppress(Exception):
+                await self.stop()
+            raise
         await self._stop.wait()
         log.info("shutting down")
         await self.stop()

@@ -151,3 +151,16 @@ def test_a_bad_reload_keeps_the_running_config(reloadable: tuple[AgentProc, Path
     agent.signal(signal.SIGHUP)
     eventually(lambda: _services(agent) == {"from-file-2"}, 10, what="SIGHUP reload applied")
     assert agent.http.put("/v1/agent/reload").status_code == 200
+
+
+def test_a_port_in_use_stops_the_agent_with_one_line(tmp_path: Path):
+    """Found at start, after Raft and the leader's duties already run: they stop before the process exits."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (server,) = free_ports(1)
+        p = run_agent("-dev", "-http-port", str(port), "-server-port", str(server), "-dns-port", "-1")
+    assert_one_line(p, f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use")
