@@ -46,6 +46,9 @@ log = logging.getLogger("proconsul.agent")
 
 SERVICE_MAINT_PREFIX = "_service_maintenance:"
 NODE_MAINT_ID = "_node_maintenance"
+# A heartbeat unanswered this long means the servers are out of reach; longer than a server
+# holds a request while it has no leader (rpc_hold_timeout, 7 s), so an election is not mistaken for it.
+HEARTBEAT_TIMEOUT = 10.0
 DEFAULT_SERVICE_MAINT_REASON = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message."
 DEFAULT_NODE_MAINT_REASON = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message."
 SCRIPTS_DISABLED_REMOTE = (
@@ -133,11 +136,11 @@ class Agent:
 
     # ------------------------------------------------------------- servers
 
-    async def rpc(self, method: str, args: Any) -> Any:
-        """Call a server endpoint: in-process on a server agent, over server RPC on a client."""
+    async def rpc(self, method: str, args: Any, timeout: float | None = None) -> Any:
+        """Call a server endpoint: in-process on a server agent, over server RPC on a client (``timeout`` there)."""
         if self.server is not None:
             return await self.server.call(method, args)
-        return await self.router.call(method, args)
+        return await self.router.call(method, args, timeout=timeout)
 
     def agent_token(self) -> str:
         """The token for the agent's own RPC (Consul's tokens.AgentToken): ``acl.tokens.agent``, else ``acl.tokens.default``."""
@@ -197,7 +200,7 @@ class Agent:
         unreachable_logged = False
         while True:
             try:
-                reply = await self.rpc("Internal.Heartbeat", req)
+                reply = await self.rpc("Internal.Heartbeat", req, timeout=HEARTBEAT_TIMEOUT)
                 if self.router is not None:
                     self.router.update(reply.servers)
                 if not self.connected:
@@ -205,7 +208,12 @@ class Agent:
                     self.connected = True
                     self.ae.trigger_full()
             except ProconsulError as err:
-                if self.connected:
+                if self.connected and self.router is not None:
+                    log.warning(
+                        "lost contact with the servers (partitioned?): DNS answers come from the cache and "
+                        "local changes sync once they are back: %s", err,
+                    )
+                elif self.connected:
                     log.warning("lost contact with the servers: %s", err)
                 elif self.router is not None and not unreachable_logged:  # once: a client's bad join (address, TLS) says why
                     log.warning("cannot reach the servers: %s", err)
@@ -641,11 +649,9 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
-        except StartupError:
-            # What already runs (Raft, leader duties such as the CA's first root) stops before the loop
-            # closes, so a refused start is the one line the CLI prints, not tracebacks of orphaned tasks.
-            with contextlib.suppress(Exception):
-                await self.stop()
+        except BaseException:
+            # What start() had begun (Raft, a leadership's duties, listeners) ends before the error is told.
+            await self.stop()
             raise
         await self._stop.wait()
         log.info("shutting down")

@@ -54,14 +54,12 @@ def _out(text: str) -> None:
 # ----------------------------------------------------------------- agent
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    import asyncio
+def agent_config(args: argparse.Namespace, persist: bool = True) -> tuple[Any, dict[str, Any]]:
+    """The RuntimeConfig an ``agent`` command line asks for (flags over config files) and its flags, or CLIError.
 
-    import uvloop
-
+    ``persist=False`` checks only: nothing is written (no node-id file in the data dir).
+    """
     from proconsul.agent import config as config_mod
-    from proconsul.agent import log as log_mod
-    from proconsul.agent.agent import Agent, StartupError
 
     flags = {
         "dev": args.dev,
@@ -103,9 +101,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
         except ValueError:
             raise CLIError(f"-retry-interval: {args.retry_interval!r} is not a duration like 30s") from None
     try:
-        cfg = config_mod.build(flags, args.config_file or [], args.config_dir or [])
+        cfg = config_mod.build(flags, args.config_file or [], args.config_dir or [], persist=persist)
     except config_mod.ConfigError as err:
         raise CLIError(f"config: {err}") from None
+    return cfg, flags
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvloop
+
+    from proconsul.agent import log as log_mod
+    from proconsul.agent.agent import Agent, StartupError
+
+    cfg, flags = agent_config(args)
     log_mod.setup(cfg.log_level)
     agent = Agent(cfg, (flags, args.config_file or [], args.config_dir or []))
     try:
@@ -113,6 +123,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
             runner.run(agent.run())
     except StartupError as err:
         raise CLIError(str(err)) from None
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Consul's `validate`: check config files and directories as `agent` would load them, start nothing."""
+    from proconsul.agent import config as config_mod
+
+    files = [p for p in args.paths if not os.path.isdir(p)]
+    dirs = [p for p in args.paths if os.path.isdir(p)]
+    try:
+        config_mod.build({}, files, dirs, persist=False)
+    except config_mod.ConfigError as err:
+        raise CLIError(f"Config validation failed: {err}") from None
+    if not args.quiet:
+        _out("Configuration is valid!")
     return 0
 
 
@@ -1038,6 +1063,10 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(run=cmd_version)
     k = _sub(subs, "keygen", "Make a cluster key for -encrypt")
     k.set_defaults(run=cmd_keygen)
+    val = _sub(subs, "validate", "Check agent config files (and directories of them) without starting anything")
+    val.add_argument("paths", nargs="+", metavar="FILE_OR_DIRECTORY")
+    _flag(val, "quiet", action="store_true", help="print nothing when the configuration is valid")
+    val.set_defaults(run=cmd_validate)
     _kv_parser(subs)
     _snapshot_parser(subs)
     _operator_parser(subs)

@@ -526,8 +526,11 @@ def _blame(err: ConfigError, origin: dict[str, str]) -> ConfigError:
     return ConfigError(f"{origin[min(found)[2]]}: {msg}") if found else err
 
 
-def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]) -> RuntimeConfig:
-    """Defaults, then config files in order, then flags; validated and with node name and ID resolved."""
+def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str], persist: bool = True) -> RuntimeConfig:
+    """Defaults, then config files in order, then flags; validated and with node name and ID resolved.
+
+    ``persist=False`` only checks (`proconsul validate`): a new node ID is not written to the data dir.
+    """
     files = config_files_in(config_files, config_dirs)
     fields: dict[str, Any] = {}
     origin: dict[str, str] = {}  # config key -> the file that set it last, to name it in later errors
@@ -567,7 +570,7 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
     fields.setdefault("node_name", socket.gethostname())
     cfg = RuntimeConfig(**fields)
     try:
-        return _validate(cfg)
+        return _validate(cfg, persist)
     except ConfigError as err:
         raise _blame(err, origin) from None
 
@@ -579,7 +582,7 @@ def _is_loopback(addr: str) -> bool:
         return addr == "localhost"
 
 
-def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
+def _validate(cfg: RuntimeConfig, persist: bool = True) -> RuntimeConfig:
     level = LOG_LEVELS.get(cfg.log_level.upper())
     if level is None:
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r} (trace, debug, info, warn, err)")
@@ -672,7 +675,7 @@ def _validate(cfg: RuntimeConfig) -> RuntimeConfig:
             check_config({**default_ca_config(), **cfg.connect_ca_config})
         except ProconsulError as err:
             raise ConfigError(f"connect.ca_config: {err}") from None
-    return replace(cfg, node_id=cfg.node_id or _node_id(cfg))
+    return replace(cfg, node_id=cfg.node_id or (_node_id(cfg) if persist else ""))
 
 
 def _validate_tls(cfg: RuntimeConfig) -> None:

@@ -3,7 +3,9 @@
 The list starts from ``-retry-join`` and is replaced by what the servers report
 in every heartbeat reply. Calls go to the current server and move on when it
 cannot be reached. A call that broke after it was sent is retried elsewhere only
-when it is a read: a write's outcome is then unknown.
+when it is a read: a write's outcome is then unknown. A server that failed a
+call goes to the end of the list (Consul's NotifyFailedServer), so the next call
+tries another one first.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ServerRouter:
             except RPCUnreachable as err:
                 last = err
             except RPCError as err:
+                self._demote(addr)
                 if not is_read:
                     raise
                 last = err
@@ -82,6 +85,11 @@ class ServerRouter:
             log.debug("server %s failed for %s: %s", addr, method, last)
         self.healthy = False
         raise RPCError(f"No known Consul servers reachable (last error: {last})")
+
+    def _demote(self, addr: str) -> None:
+        if addr in self._servers and len(self._servers) > 1:
+            self._servers.remove(addr)
+            self._servers.append(addr)
 
     def _prefer(self, addr: str) -> None:
         if addr in self._servers:

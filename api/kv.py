@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from proconsul.api.headers import JSON, meta_headers
-from proconsul.api.lean import LeanRequest, LeanRoute, Reply, json_reply
+from proconsul.api.lean import LeanRequest, LeanRoute, Reply, dump_json, json_reply
 from proconsul.api.params import first, has, parse_uint, query_options
 from proconsul.server.commands import KVSRequest
 from proconsul.server.errors import BadRequest
@@ -86,7 +86,7 @@ def kv_route(agent: Any) -> LeanRoute:
         body = await req.body(max_value, too_large)
         write = KVSRequest(op=op, key=key, value=body or None, flags=flags, index=index, session=session)
         result = await agent.rpc("KVS.Apply", KVSApply(write, opts.datacenter, opts.token))
-        return json_reply(True if op == "set" else result, pretty)
+        return bool_reply(True if op == "set" else result, pretty)
 
     async def kv_delete(key: str, q: dict, opts: Any, pretty: bool) -> Reply:
         conflicting(q, "recurse", "cas")
@@ -98,9 +98,19 @@ def kv_route(agent: Any) -> LeanRoute:
         if has(q, "cas"):
             op, index = "delete-cas", parse_uint(first(q, "cas"), "cas")
         result = await agent.rpc("KVS.Apply", KVSApply(KVSRequest(op=op, key=key, index=index), opts.datacenter, opts.token))
-        return json_reply(result if op == "delete-cas" else True, pretty)
+        return bool_reply(result if op == "delete-cas" else True, pretty)
 
     return LeanRoute(PREFIX, ("GET", "PUT", "DELETE"), handle, "/v1/kv/{key}", OPENAPI)
+
+
+_TRUE, _FALSE = dump_json(True, False), dump_json(False, False)
+
+
+def bool_reply(value: bool, pretty: bool) -> Reply:
+    """A write's true/false answer (the compact bodies made once)."""
+    if pretty:
+        return json_reply(value, pretty)
+    return Reply(200, _TRUE if value else _FALSE, [JSON])
 
 
 _str = encode_basestring_ascii  # what json.dumps uses for str, so the bytes are the same

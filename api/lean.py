@@ -34,11 +34,12 @@ MAX_SNAPSHOT = 256 * 1024 * 1024  # what PUT /v1/snapshot takes
 class LeanRequest:
     """The parts of an ASGI request a handler needs, parsed on demand."""
 
-    __slots__ = ("scope", "_receive", "method", "path", "_query", "_headers")
+    __slots__ = ("scope", "_receive", "_body", "method", "path", "_query", "_headers")
 
-    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]]) -> None:
+    def __init__(self, scope: dict, receive: Callable[[], Awaitable[dict]], body: bytes | None = None) -> None:
         self.scope = scope
         self._receive = receive
+        self._body = body  # the whole body when the server already has it (HTTPProtocol's lean path)
         self.method: str = scope["method"]
         self.path: str = scope["path"]
         self._query: dict[str, list[str]] | None = None
@@ -58,7 +59,15 @@ class LeanRequest:
 
     async def body(self, limit: int, too_large: Callable[[int, bool], str]) -> bytes:
         """The whole body, refused past ``limit`` (see ``read_limited``)."""
-        return await read_limited(self._chunks(), self.headers.get("content-length"), limit, too_large)
+        body = self._body
+        if body is None:
+            return await read_limited(self._chunks(), self.headers.get("content-length"), limit, too_large)
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge(too_large(int(declared), True))
+        if len(body) > limit:
+            raise TooLarge(too_large(len(body), False))
+        return body
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -141,9 +150,9 @@ class LeanRoute:
     def matches(self, path: str) -> bool:
         return path == self.prefix if self.exact else path.startswith(self.prefix)
 
-    async def reply(self, scope: dict, receive: Callable) -> Reply:
+    async def reply(self, scope: dict, receive: Callable, body: bytes | None = None) -> Reply:
         """The answer to one request (errors become Consul's status codes, never an exception)."""
-        req = LeanRequest(scope, receive)
+        req = LeanRequest(scope, receive, body)
         if req.method == "OPTIONS":
             return Reply(200, b"", [(b"allow", allow_header(self.methods).encode())])
         if req.method not in self.methods:
@@ -261,13 +270,14 @@ class App:
                 return route
         return None
 
-    async def lean_reply(self, route: LeanRoute, scope: dict, receive: Callable) -> Reply:
-        """A lean route's answer, with the default token and the request metric (what ``__call__`` sends)."""
+    async def lean_reply(self, route: LeanRoute, scope: dict, receive: Callable, body: bytes | None = None) -> Reply:
+        """A lean route's answer, with the default token and the request metric (what ``__call__`` sends);
+        ``body``: the whole request body, when the caller already has it."""
         started = time.perf_counter()
         if self.default_token is not None:
             scope = with_default_token(scope, self.default_token())
         try:
-            return await route.reply(scope, receive)
+            return await route.reply(scope, receive, body)
         finally:
             self._observe(scope["method"], route.openapi_path, started)
 

@@ -177,7 +177,7 @@ class HTTPProtocol(HttpToolsProtocol):
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            reply = await app.lean_reply(cycle.route, cycle.scope, receive)
+            reply = await app.lean_reply(cycle.route, cycle.scope, receive, body)
         except Exception:  # lean_reply answers errors itself; this is a bug, answered as one
             log.exception("%s %s failed", cycle.scope["method"], cycle.scope["path"])
             reply = text_reply(500, "An unexpected error occurred")

@@ -33,6 +33,19 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, python {platform.python_version()}"
 
 
+def scheduling() -> str:
+    """``chrt -r N `` when the benchmark runs under a real-time policy (how ``make bench`` runs it on a
+    shared box, so other work cannot take the CPU from either side of a comparison), else ``""``."""
+    try:
+        policy = os.sched_getscheduler(0)
+    except (AttributeError, OSError):
+        return ""
+    if policy in (getattr(os, "SCHED_RR", -1), getattr(os, "SCHED_FIFO", -1)):
+        flag = "-r" if policy == os.SCHED_RR else "-f"
+        return f"chrt {flag} {os.sched_getparam(0).sched_priority} "
+    return ""
+
+
 def main() -> None:
     names = sys.argv[1:] or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS and n != REPORT]
@@ -48,7 +61,7 @@ def main() -> None:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "machine": machine(),
-            "command": f"python -m bench {name}",
+            "command": f"{scheduling()}python -m bench {name}",
             "seconds": round(time.time() - started, 1),
         }
         (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "result": result}, indent=1))

@@ -9,7 +9,9 @@ renumber one. Everything apply needs that is not a pure function of the log
 from __future__ import annotations
 
 import json
+from base64 import b64encode as _b64encode
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _str
 from typing import Any
 
 from proconsul.server.codec import compact_json, from_wire, to_wire
@@ -429,7 +431,22 @@ BATCHABLE: frozenset[type] = frozenset({KVSRequest, TxnRequest, RegisterRequest,
 
 def encode(cmd: Any) -> bytes:
     """Command to log payload."""
+    if type(cmd) is KVSRequest:
+        return _encode_kvs(cmd)
     return _TYPE_BYTES[type(cmd)] + compact_json(to_wire(cmd))
+
+
+_KVS_TYPE = bytes([1])
+
+
+def _encode_kvs(cmd: KVSRequest) -> bytes:
+    # Every KV write is encoded once on its way to the log: formatted directly, byte for byte what the
+    # generic path writes (tested), at a fraction of the JSON encoder's cost.
+    value = "null" if cmd.value is None else '"' + _b64encode(cmd.value).decode("ascii") + '"'
+    return _KVS_TYPE + (
+        f'{{"op":{_str(cmd.op)},"key":{_str(cmd.key)},"value":{value},"flags":{cmd.flags},'
+        f'"index":{cmd.index},"session":{_str(cmd.session)}}}'
+    ).encode()
 
 
 def encode_batch(payloads: list[bytes]) -> bytes:

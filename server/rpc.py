@@ -9,6 +9,12 @@ disagree about who leads.
 
 This port carries only JSON, never pickles; Raft traffic has its own port.
 
+A peer that vanishes without closing (a partition, a host that died) would
+leave a call waiting as long as TCP retransmits, about 15 minutes: the
+client's connections use keepalives and a TCP user timeout, so unanswered
+data or probes drop the connection within ``DEAD_PEER_TIMEOUT`` and every call
+on it fails with RPCError, which the caller can retry elsewhere.
+
 TLS (Consul's RPCTLS): a server with a certificate takes TLS and plain TCP on
 the same port, told apart by the first byte (a TLS record starts with 0x16; a
 frame's length cannot, as frames stop at 256 MiB); with ``verify_incoming`` only
@@ -279,6 +285,19 @@ class _ClientProtocol(_FrameProtocol):
         self.pending.clear()
 
 
+# Seconds of silence (unacknowledged data, or keepalive probes) after which a peer counts as gone.
+DEAD_PEER_TIMEOUT = 5.0
+
+
+def detect_dead_peer(sock: Any, timeout: float = DEAD_PEER_TIMEOUT) -> None:
+    """Keepalives after a second of idleness, and a TCP user timeout: a silent peer is dropped in ``timeout``."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 1), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", max(1, int(timeout))),
+                        ("TCP_USER_TIMEOUT", int(timeout * 1000))):
+        if hasattr(socket, name):  # Linux has them all; elsewhere the OS defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class RPCPool:
     """One multiplexed connection per server address, made on first use and remade after a loss."""
 
@@ -306,10 +325,13 @@ class RPCPool:
             tls: dict[str, Any] = {}
             if self._ssl is not None:
                 tls = {"ssl": self._ssl, "server_hostname": self._server_name or host}
-            _, proto = await asyncio.wait_for(
+            transport, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: _ClientProtocol(lambda: self._conns.pop(addr, None)), host, port, **tls),
                 self._connect_timeout + (TLS_HANDSHAKE_TIMEOUT if tls else 0),
             )
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                detect_dead_peer(sock)
             self._conns[addr] = proto
             fut.set_result(proto)
             return proto

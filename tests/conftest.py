@@ -91,6 +91,9 @@ class AgentProc:
     workdir: Path
     config: dict[str, Any]
     proc: subprocess.Popen | None = None
+    # Where the test reaches it, and a command prefix to run it with (e.g. `ip netns exec NS`).
+    host: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)
     _client: httpx.Client | None = field(default=None, repr=False)
 
     @property
@@ -99,11 +102,11 @@ class AgentProc:
 
     @property
     def server_addr(self) -> str:
-        return f"127.0.0.1:{self.config['ports']['server']}"
+        return f"{self.host}:{self.config['ports']['server']}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def log_path(self) -> Path:
@@ -122,7 +125,7 @@ class AgentProc:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         cfg_path = self.workdir / f"{self.name}.json"
         cfg_path.write_text(json.dumps(self.config, indent=1))
-        args = [PROCONSUL, "agent", "-config-file", str(cfg_path), *(extra_args or [])]
+        args = [*self.wrap, PROCONSUL, "agent", "-config-file", str(cfg_path), *(extra_args or [])]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

@@ -130,3 +130,22 @@ def test_a_remembered_kv_command_applies_as_its_decoded_payload_would():
     assert remembered.checksum() == decoded.checksum()
     fsm.remember(encode(TxnRequest(ops=[])), TxnRequest(ops=[]))
     assert fsm.proposed == {}
+
+
+def test_kv_commands_encode_byte_for_byte_as_the_generic_path():
+    import random
+
+    from proconsul.server.codec import compact_json, to_wire
+    from proconsul.server.commands import _TYPE_BYTES
+
+    rnd = random.Random(11)
+    alphabet = "ab/\"\\\n\t é中\U0001f600\x00"
+    for _ in range(300):
+        cmd = KVSRequest(
+            op=rnd.choice(["set", "cas", "lock", "unlock", "delete", "delete-cas", "delete-tree"]),
+            key="".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 12))),
+            value=None if rnd.random() < 0.2 else bytes(rnd.randrange(256) for _ in range(rnd.randint(0, 60))),
+            flags=rnd.choice([0, 7, 2**64 - 1]), index=rnd.randint(0, 2**63), session=rnd.choice(["", "0f3c2d2e-8b8a"]),
+        )
+        assert encode(cmd) == _TYPE_BYTES[KVSRequest] + compact_json(to_wire(cmd))
+        assert decode(encode(cmd)) == cmd
