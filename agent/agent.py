@@ -449,6 +449,20 @@ class Agent:
         flags, files, dirs = self._config_inputs
         return config_mod.build(flags, files, dirs)
 
+    async def reload_from_files(self) -> None:
+        """Consul's reload (PUT /v1/agent/reload, ``proconsul reload``, SIGHUP): read the config files again and apply them.
+
+        A broken file changes nothing: the error is logged and raised as a 400 naming the file and the key.
+        """
+        from proconsul.agent.config import ConfigError
+
+        try:
+            new = self.rebuild_config()
+        except ConfigError as err:
+            log.error("reload failed, keeping the running configuration: %s", err)
+            raise BadRequest(f"Failed to reload configs: {err}") from None
+        await self.reload(new)
+
     async def reload(self, new: RuntimeConfig) -> None:
         """Consul's reload: config-file services and checks are replaced; the rest of the config too."""
         for sid, s in list(self.local.services.items()):
@@ -464,6 +478,7 @@ class Agent:
         try:
             await self._load_config_definitions(new)
         except ProconsulError as err:
+            log.error("reload: %s", err)
             raise BadRequest(f"Failed to reload configs: {err}") from None
         log.info("configuration reloaded from %s", ", ".join(new.config_files) or "flags")
 
@@ -631,6 +646,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.start()
         except BaseException:
@@ -640,6 +656,14 @@ class Agent:
         await self._stop.wait()
         log.info("shutting down")
         await self.stop()
+
+    def _on_sighup(self) -> None:
+        log.info("caught SIGHUP, reloading the configuration")
+        self._reload_task = asyncio.ensure_future(self._reload_quietly())  # kept referenced until it ends
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ProconsulError):  # already logged; the running config stays
+            await self.reload_from_files()
 
     def _on_signal(self) -> None:
         if self._stop.is_set():

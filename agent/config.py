@@ -13,12 +13,14 @@ import binascii
 import ipaddress
 import json
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from proconsul.agent import structs
+from proconsul.api.decode import loads as decode_json
 
 from proconsul.server import tls as tlsutil
 from proconsul.server.durations import parse_duration
@@ -476,23 +478,52 @@ def config_files_in(paths: list[str], dirs: list[str]) -> list[str]:
 
 def load_file(path: str) -> dict[str, Any]:
     """One JSON config file as a flat field dict; ConfigError names the file and the problem."""
+    return _file_fields(path, _read_json(path))
+
+
+def _read_json(path: str) -> dict[str, Any]:
     if path.endswith(".hcl"):
         raise ConfigError(f"{path}: HCL config files are not supported yet; use the JSON form")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
+        raw.decode("utf-8")
+        data = decode_json(raw)  # as the HTTP API reads bodies: no NaN, no lone surrogates
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{path}: invalid JSON: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _file_fields(path: str, data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key, value in data.items():
         _apply_file_value(fields, path, key, value)
     return fields
+
+
+def _key_paths(data: dict[str, Any], prefix: str = "", depth: int = 3) -> list[str]:
+    """The dotted keys a config file sets ("ports", "ports.http", "acl.tokens.agent"), three levels deep."""
+    out = []
+    for key, value in data.items():
+        out.append(prefix + key)
+        if isinstance(value, dict) and depth > 1:
+            out += _key_paths(value, f"{prefix}{key}.", depth - 1)
+    return out
+
+
+def _blame(err: ConfigError, origin: dict[str, str]) -> ConfigError:
+    """A merged-config error naming a key some file set, prefixed with that file's name (the first key named wins)."""
+    msg = str(err)
+    found = [(m.start(), -len(k), k) for k in origin if (m := re.search(rf"(?:^|\s){re.escape(k)}(?=$|[:\s])", msg))]
+    return ConfigError(f"{origin[min(found)[2]]}: {msg}") if found else err
 
 
 def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str], persist: bool = True) -> RuntimeConfig:
@@ -502,10 +533,13 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
     """
     files = config_files_in(config_files, config_dirs)
     fields: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # config key -> the file that set it last, to name it in later errors
     if flags.get("dev"):
         fields.update(dev=True, server=True, bootstrap=True, ui=True)
     for path in files:
-        loaded = load_file(path)
+        data = _read_json(path)
+        origin.update((key, path) for key in _key_paths(data))
+        loaded = _file_fields(path, data)
         ports = {**fields.get("ports", {}), **loaded.pop("ports", {})}
         for block in ("tls", "tls_legacy"):
             if block in loaded:
@@ -525,6 +559,7 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
             ports[key[5:]] = value
         else:
             fields[key] = value
+        origin.pop(f"ports.{key[5:]}" if key.startswith("port_") else key, None)
     fields["ports"] = Ports(**ports)
     tls_block = _merge_tls(_merge_tls({}, fields.pop("tls_legacy", {})), fields.pop("tls", {}))
     fields["tls_https"] = tlsutil.resolve(tls_block, "https")
@@ -534,7 +569,10 @@ def build(flags: dict[str, Any], config_files: list[str], config_dirs: list[str]
     fields["checks"] = tuple(fields.get("checks", ()))
     fields.setdefault("node_name", socket.gethostname())
     cfg = RuntimeConfig(**fields)
-    return _validate(cfg, persist)
+    try:
+        return _validate(cfg, persist)
+    except ConfigError as err:
+        raise _blame(err, origin) from None
 
 
 def _is_loopback(addr: str) -> bool:
@@ -551,6 +589,8 @@ def _validate(cfg: RuntimeConfig, persist: bool = True) -> RuntimeConfig:
     cfg = replace(cfg, log_level=level)
     if not cfg.node_name:
         raise ConfigError("node_name cannot be empty")
+    if not re.fullmatch(r"[a-z0-9_-]+", cfg.datacenter.lower()):
+        raise ConfigError(f"datacenter can only contain lowercase alphanumeric, - or _ characters, not {cfg.datacenter!r}")
     if cfg.bootstrap_expect < 0:
         raise ConfigError("bootstrap_expect cannot be negative")
     if cfg.bootstrap and cfg.bootstrap_expect > 1:
@@ -587,7 +627,8 @@ def _validate(cfg: RuntimeConfig, persist: bool = True) -> RuntimeConfig:
         port = getattr(cfg.ports, name)
         if not (port == -1 or 0 < port < 65536):
             raise ConfigError(f"ports.{name}: {port} is not a port (1-65535, or -1 to disable)")
-    used = [(n, getattr(cfg.ports, n)) for n in ("http", "https", "server", "raft") if getattr(cfg.ports, n) > 0]
+    # DNS listens on TCP too, so it cannot share a port with the others (Consul's addrsUnique).
+    used = [(n, getattr(cfg.ports, n)) for n in ("http", "https", "dns", "server", "raft") if getattr(cfg.ports, n) > 0]
     if cfg.dev:
         used = [(n, p) for n, p in used if n != "raft"]
     seen: dict[int, str] = {}

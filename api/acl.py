@@ -12,14 +12,13 @@ Missing objects are 404 with Consul's "Requested <kind> does not exist: ACL not 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, param, query_of, reply_response
-from proconsul.api.decode import TOLERATED, as_bool, as_duration, as_str, as_strlist, fold
+from proconsul.api.decode import loads as decode_json, TOLERATED, as_bool, as_duration, as_str, as_strlist, fold
 from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS
 from proconsul.api.lean import json_reply, read_limited
@@ -76,7 +75,7 @@ async def _body(request: Request, err: str) -> Any:
     if not raw.strip():
         raise BadRequest(f"{err}: EOF")
     try:
-        return json.loads(raw)
+        return decode_json(raw)
     except ValueError as e:
         raise BadRequest(f"{err}: {e}") from None
 
@@ -209,7 +208,7 @@ async def acl_bootstrap(request: Request) -> Response:
     secret = ""
     if raw.strip():
         try:
-            data = json.loads(raw)
+            data = decode_json(raw)
         except ValueError as e:
             raise BadRequest(f"Request decoding failed: {e}") from None
         f = _struct(data, {"bootstrapsecret"}, "bootstrap", "Request decoding failed")
@@ -276,7 +275,7 @@ async def acl_token_clone(request: Request, accessor_id: str) -> Response:
     t = ACLTokenInput()
     if raw.strip():  # Consul decodes an optional body; only Description matters
         try:
-            t = parse_token_body(json.loads(raw))
+            t = parse_token_body(decode_json(raw))
         except ValueError as e:
             raise BadRequest(f"Token decoding failed: {e}") from None
     t.accessor_id = accessor_id

@@ -29,6 +29,7 @@ from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, 
 from proconsul.api.headers import FILTERED
 from proconsul.api.lean import Reply, dump_json, read_limited
 from proconsul.api.params import first, has, parse_bool, parse_duration, token_from
+from proconsul.api.decode import loads as decode_json
 from proconsul.server import shapes
 from proconsul.server.acl import Resolved, masked
 from proconsul.server.errors import ACLDisabled, BadRequest, NotFound, ProconsulError
@@ -46,7 +47,7 @@ async def _json_body(request: Request) -> Any:
     if not raw.strip():
         raise BadRequest("Request decode failed: empty body")
     try:
-        return json.loads(raw)
+        return decode_json(raw)
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
 
@@ -116,7 +117,7 @@ def _filtered(request: Request, schema: str, items: dict[str, dict]) -> dict[str
 # ----------------------------------------------------------------- self, members, metrics
 
 
-@router.get("/v1/agent/self", summary="This agent's configuration, member entry and stats")
+@router.get("/v1/agent/self", summary="This agent's configuration, member entry and stats", openapi_extra={"parameters": [TOKEN]})
 async def agent_self(request: Request) -> Response:
     await _require_agent(request, "read")
     agent = agent_of(request)
@@ -180,7 +181,7 @@ async def agent_self(request: Request) -> Response:
     return json_response(request, body)
 
 
-@router.get("/v1/agent/members", summary="The cluster's agents with their liveness", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
+@router.get("/v1/agent/members", summary="The cluster's agents with their liveness", openapi_extra={"parameters": [TOKEN, param("wan", "Accepted; there is no WAN pool")]})
 async def agent_members(request: Request) -> Response:
     """Consul's AgentMembers with filterMembers: only the members whose node the token may read.
 
@@ -198,7 +199,11 @@ async def agent_members(request: Request) -> Response:
     return json_response(request, members, headers=_filtered_header(request, dropped))
 
 
-@router.get("/v1/agent/metrics", summary="Telemetry: Consul's JSON, or Prometheus text with ?format=prometheus")
+@router.get(
+    "/v1/agent/metrics",
+    summary="Telemetry: Consul's JSON, or Prometheus text with ?format=prometheus",
+    openapi_extra={"parameters": [TOKEN, param("format", "prometheus for Prometheus text")]},
+)
 async def agent_metrics(request: Request) -> Response:
     await _require_agent(request, "read")
     metrics = agent_of(request).metrics
@@ -212,7 +217,7 @@ async def agent_metrics(request: Request) -> Response:
 # ----------------------------------------------------------------- services and checks
 
 
-@router.get("/v1/agent/services", summary="Services registered with this agent", openapi_extra={"parameters": [FILTER]})
+@router.get("/v1/agent/services", summary="Services registered with this agent", openapi_extra={"parameters": [TOKEN, FILTER]})
 async def agent_services(request: Request) -> Response:
     """Consul's AgentServices with filterServices: only the services the token may read."""
     caller = await caller_of(request)
@@ -238,7 +243,7 @@ async def agent_service_register_wrong_method(request: Request) -> Response:
 @router.get(
     "/v1/agent/service/{service_id}",
     summary="One local service, with its ContentHash (hash-blocking with ?hash=&wait=)",
-    openapi_extra={"parameters": [param("hash", "Block until the ContentHash differs"), param("wait", "Max wait, a Go duration")]},
+    openapi_extra={"parameters": [TOKEN, param("hash", "Block until the ContentHash differs"), param("wait", "Max wait, a Go duration")]},
 )
 async def agent_service(request: Request, service_id: str) -> Response:
     caller = await caller_of(request)
@@ -270,7 +275,7 @@ async def agent_service(request: Request, service_id: str) -> Response:
     return json_response(request, body, headers=[(b"x-consul-contenthash", body["ContentHash"].encode())])
 
 
-@router.get("/v1/agent/checks", summary="Checks registered with this agent", openapi_extra={"parameters": [FILTER]})
+@router.get("/v1/agent/checks", summary="Checks registered with this agent", openapi_extra={"parameters": [TOKEN, FILTER]})
 async def agent_checks(request: Request) -> Response:
     """Consul's AgentChecks with filterChecks: service:read for a service's check, node:read for the node's."""
     caller = await caller_of(request)
@@ -423,7 +428,7 @@ async def agent_maintenance(request: Request) -> Response:
 # ----------------------------------------------------------------- cluster membership
 
 
-@router.put("/v1/agent/join/{address}", summary="Join a server (a server's server RPC address)", openapi_extra={"parameters": [param("wan", "Accepted; there is no WAN pool")]})
+@router.put("/v1/agent/join/{address}", summary="Join a server (a server's server RPC address)", openapi_extra={"parameters": [TOKEN, param("wan", "Accepted; there is no WAN pool")]})
 async def agent_join(request: Request, address: str) -> Response:
     await _require_agent(request, "write")
     host, sep, port = address.rpartition(":")
@@ -436,7 +441,7 @@ async def agent_join(request: Request, address: str) -> Response:
     return _ok(request)
 
 
-@router.put("/v1/agent/leave", summary="Leave the cluster gracefully and shut this agent down")
+@router.put("/v1/agent/leave", summary="Leave the cluster gracefully and shut this agent down", openapi_extra={"parameters": [TOKEN]})
 async def agent_leave(request: Request) -> Response:
     await _require_agent(request, "write")
     agent = agent_of(request)
@@ -453,17 +458,10 @@ async def agent_force_leave(request: Request, node: str) -> Response:
     return _ok(request)
 
 
-@router.put("/v1/agent/reload", summary="Re-read the config files (services and checks from them are replaced)")
+@router.put("/v1/agent/reload", summary="Re-read the config files (services and checks from them are replaced)", openapi_extra={"parameters": [TOKEN]})
 async def agent_reload(request: Request) -> Response:
     await _require_agent(request, "write")
-    agent = agent_of(request)
-    from proconsul.agent.config import ConfigError
-
-    try:
-        new = agent.rebuild_config()
-    except ConfigError as err:
-        raise BadRequest(f"Failed to reload configs: {err}") from None
-    await agent.reload(new)
+    await agent_of(request).reload_from_files()
     return _ok(request)
 
 

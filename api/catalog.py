@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from proconsul.agent.structs import parse_service
-from proconsul.api.decode import as_str, as_strmap, check_unknown, fold
+from proconsul.api.decode import loads as decode_json, as_str, as_strmap, check_unknown, fold
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, query_of, reply_response
 from proconsul.api.headers import meta_headers
 from proconsul.api.reads import READ_PARAMS, SERVICE_PARAMS
@@ -26,7 +25,7 @@ MAX_BODY = 4 * 1024 * 1024
 async def _body(request: Request) -> Any:
     raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_BODY, lambda n, d: f"Request body too large: {n} bytes")
     try:
-        return json.loads(raw) if raw else None
+        return decode_json(raw) if raw else None
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
 

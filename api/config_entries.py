@@ -9,7 +9,6 @@ answers ``true``/``false`` (``?cas=`` lost). ``DELETE`` answers ``{}``, or the
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +19,7 @@ from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS
 from proconsul.api.lean import json_reply, read_limited
 from proconsul.api.params import first, has, parse_uint
+from proconsul.api.decode import loads as decode_json
 from proconsul.server import config_entries as ce
 from proconsul.server.endpoints.config_entry import ConfigEntryApply, ConfigEntryDelete, ConfigEntryQuery
 from proconsul.server.errors import BadRequest, NotFound, StoreError
@@ -42,7 +42,7 @@ def _cas(request: Request) -> int | None:
 async def config_apply(request: Request) -> Response:
     raw = await read_limited(request.stream(), request.headers.get("content-length"), MAX_BODY, lambda n, d: f"Request body too large: {n} bytes")
     try:
-        data = json.loads(raw) if raw.strip() else None
+        data = decode_json(raw) if raw.strip() else None
     except ValueError as err:
         raise BadRequest(f"Request decoding failed: {err}") from None
     try:

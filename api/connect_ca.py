@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, opts_of, param, query_of, reply_response
-from proconsul.api.decode import DECODE, as_bool, as_str, check_unknown, fold
+from proconsul.api.decode import loads as decode_json, DECODE, as_bool, as_str, check_unknown, fold
 from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS
 from proconsul.api.lean import Reply, json_reply, read_limited
@@ -105,7 +105,7 @@ def parse_config_body(data: Any) -> CAConfigSet:
 async def connect_ca_configuration_set(request: Request) -> Response:
     raw = await read_limited(request.stream(), request.headers.get("content-length"), 512 * 1024, lambda n, d: f"Request body too large: {n} bytes")
     try:
-        data = json.loads(raw) if raw.strip() else None
+        data = decode_json(raw) if raw.strip() else None
     except ValueError as err:
         raise BadRequest(f"{DECODE}: {err}") from None
     args = parse_config_body(data)

@@ -10,6 +10,7 @@ Every reader takes ``what`` (the field's name, for the message) and ``err``
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from proconsul.server.durations import parse_duration
@@ -19,6 +20,32 @@ DECODE = "Request decode failed"
 
 # Fields Consul's structs carry that we accept and ignore (Enterprise, peering, py-consul's WriteRequest).
 TOLERATED = {"namespace", "partition", "locality", "peername", "writerequest", "enterprisemeta"}
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"invalid character '{name[0]}' looking for beginning of value")
+
+
+def loads(raw: bytes) -> Any:
+    """A JSON body as Go's encoding/json reads it: NaN and Infinity are errors (ValueError), and a
+    lone UTF-16 surrogate escape ("\\ud800") becomes U+FFFD. Python's json keeps the surrogate, and a
+    string holding one cannot be encoded as UTF-8: stored, it would make every snapshot fail."""
+    data = json.loads(raw, parse_constant=_no_constant)
+    return _replace_surrogates(data) if _SURROGATE_ESCAPE.search(raw) else data
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def _fold_key(key: str) -> str:
@@ -39,6 +66,8 @@ def fold(data: Any, what: str, err: str = DECODE) -> dict[str, Any]:
 
 def check_unknown(data: dict[str, Any], known: set[str], what: str, strict: bool) -> None:
     """Unknown fields are refused: "unknown field" in request bodies, "invalid config key" in config files."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"{DECODE}: {what}: expected an object, got {json.dumps(data)[:40]}")
     for key in data:
         folded = _fold_key(key)
         if folded not in known and folded not in TOLERATED:
@@ -96,6 +125,8 @@ def as_duration(v: Any, what: str, err: str = DECODE) -> float:
     if isinstance(v, bool):
         raise BadRequest(f'{err}: {what}: expected a duration like "10s"')
     if isinstance(v, (int, float)):
+        if not abs(v) <= 2**63 - 1:  # NaN, Infinity (also 1e400) and past int64: Go cannot decode them either
+            raise BadRequest(f"{err}: {what}: {json.dumps(v)} does not fit a duration")
         return float(v) / 1e9
     if isinstance(v, str):
         try:

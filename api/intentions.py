@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from proconsul.agent.intentions import authorize
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, param, query_of, reply_response
-from proconsul.api.decode import as_int, as_str, as_strmap, check_unknown, fold
+from proconsul.api.decode import loads as decode_json, as_int, as_str, as_strmap, check_unknown, fold
 from proconsul.api.errors import allow_header, method_not_allowed_body
 from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS
@@ -119,7 +119,7 @@ async def _body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        return decode_json(raw)
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from proconsul.api.common import DC, TOKEN, agent_of, is_pretty, json_response, opts_of, param, query_of, reply_response
-from proconsul.api.decode import as_duration, as_str, as_strlist, check_unknown, fold
+from proconsul.api.decode import loads as decode_json, as_duration, as_str, as_strlist, check_unknown, fold
 from proconsul.api.headers import meta_headers
 from proconsul.api.health import READ_PARAMS
 from proconsul.api.lean import json_reply, read_limited
@@ -63,7 +62,7 @@ async def _body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        return decode_json(raw)
     except ValueError as err:
         raise BadRequest(f"Request decode failed: {err}") from None
 

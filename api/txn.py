@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +13,7 @@ from proconsul.api.common import CONSISTENT, DC, STALE, TOKEN, agent_of, json_re
 from proconsul.api.headers import leader_headers
 from proconsul.api.lean import read_limited
 from proconsul.api.common import query_of
-from proconsul.api.decode import as_int, as_str, fold
+from proconsul.api.decode import loads as decode_json, as_int, as_str, fold
 from proconsul.api.params import token_from
 from proconsul.server.commands import TXN_KV_WRITE_VERBS, TxnKVOp, TxnRequest
 from proconsul.server.errors import BadRequest, TooLarge
@@ -31,7 +30,7 @@ _UNSUPPORTED = ("node", "service", "check")
 def parse_ops(body: bytes, max_value: int) -> list[TxnKVOp]:
     """The request body to KV ops, with Consul's 400/413 answers for what is wrong with it."""
     try:
-        raw = json.loads(body)
+        raw = decode_json(body)
     except ValueError as err:
         raise BadRequest(f"Failed to parse body: {err if body else 'EOF'}") from None
     if not isinstance(raw, list):

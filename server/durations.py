@@ -6,6 +6,8 @@ import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.Duration is an int64 of nanoseconds: about 292 years either way.
+MAX_DURATION = (2**63 - 1) / 1e9
 
 
 def parse_duration(text: str) -> float:
@@ -28,6 +30,8 @@ def parse_duration(text: str) -> float:
             raise ValueError(f'time: invalid duration "{text}"')
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
+    if total > MAX_DURATION:
+        raise ValueError(f'time: invalid duration "{text}"')
     return sign * total
 
 
