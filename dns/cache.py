@@ -6,7 +6,9 @@ dns_config allow_stale), going to the leader when a server's last contact is
 older than max_stale — that replaces the entry the moment the catalog changes, so
 a health change reaches DNS within one round trip, and answering costs no
 server round trip once warm. An entry nobody asks about for ``cache_max_age``
-stops its watcher and is dropped. When the servers cannot be reached, entries
+stops its watcher and is dropped, and at most ``max_entries`` names are watched
+at once (the least recently asked goes first), so a flood of made-up names
+cannot pile up watchers. When the servers cannot be reached, entries
 keep their last value: a partitioned client agent keeps answering.
 
 Every read carries ``token()`` (the agent's ``acl.tokens.default``, empty for
@@ -29,6 +31,7 @@ from proconsul.server.structs import CatalogQuery, QueryOptions
 log = logging.getLogger("proconsul.dns")
 
 BLOCK_WAIT = 60.0
+MAX_ENTRIES = 2048  # names watched at once; past it the least recently asked stops
 
 
 @dataclass
@@ -56,8 +59,10 @@ class CatalogCache:
         allow_stale: bool = True,
         max_stale: float = 87600 * 3600.0,
         token: Callable[[], str] | None = None,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         self._rpc = rpc
+        self._max_entries = max_entries
         self.token = token  # None until set: reads go out anonymous
         self._max_age = max_age
         self._metrics = metrics
@@ -104,6 +109,8 @@ class CatalogCache:
         try:
             index, value = await self._fetch(kind, name, 0)
             entry = Entry(value, index)
+            if len(self._entries) >= self._max_entries:
+                self._evict_least_recent()
             self._entries[key] = entry
             entry.task = asyncio.create_task(self._watch(key, entry), name=f"dns-watch-{kind}-{name}")
             fut.set_result(entry)
@@ -130,7 +137,14 @@ class CatalogCache:
             if index != entry.index or value != entry.value:
                 entry.value, entry.index = value, index
                 entry.version += 1
-        self._entries.pop(key, None)
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+
+    def _evict_least_recent(self) -> None:
+        key = min(self._entries, key=lambda k: self._entries[k].used)
+        entry = self._entries.pop(key)
+        if entry.task is not None:
+            entry.task.cancel()
 
     def close(self) -> None:
         for entry in self._entries.values():

@@ -194,3 +194,17 @@ async def test_garbage_never_breaks_the_server(catalog):
     response = dns.message.make_response(dns.message.make_query("web.service.consul", "A")).to_wire()
     assert await s.handle(response, tcp=False) is None  # never answer a response
     assert (await ask(s, "web.service.consul", edns=4096)).rcode() == dns.rcode.NOERROR
+
+
+async def test_a_flood_of_names_watches_at_most_max_entries(catalog):
+    """Made-up names cannot pile up watchers: past max_entries the least recently asked name stops."""
+    cache = CatalogCache(catalog.rpc, max_entries=8)
+    await cache.get("service", "web")
+    for i in range(30):
+        await cache.get("service", f"nosuch{i}")
+        await cache.get("service", "web")  # asked all along: never the least recent
+    assert len(cache._entries) == 8 and ("service", "web") in cache._entries
+    await asyncio.sleep(0)
+    watching = [t for t in asyncio.all_tasks() if (t.get_name() or "").startswith("dns-watch-")]
+    assert len(watching) == 8
+    cache.close()
