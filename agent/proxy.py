@@ -93,13 +93,17 @@ class Stats:
     bytes_out: int = 0  # written to the downstream side
     active: int = 0
     requests: dict[int, int] = field(default_factory=dict)  # L7: status -> count since the last flush
-    latencies: list[tuple[str, float]] = field(default_factory=list)  # L7: (route, seconds) since the last flush
+    # L7: route -> seconds of each request since the last flush (floats, which the cyclic GC does not track)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
     _flushed: dict[str, int] = field(default_factory=dict)
 
     def request_done(self, status: int, seconds: float, route: str) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
-        if len(self.latencies) < 10_000:
-            self.latencies.append((route, seconds))
+        samples = self.latencies.get(route)
+        if samples is None:
+            self.latencies[route] = [seconds]
+        elif len(samples) < 10_000:
+            samples.append(seconds)
 
     def flush(self, metrics: Any) -> None:
         for name in ("accepted", "denied", "failed"):
@@ -110,9 +114,11 @@ class Stats:
         requests, self.requests = self.requests, {}
         for status, n in requests.items():
             metrics.incr("proxy.http.requests", n, {**self.labels, "code": str(status)})
-        latencies, self.latencies = self.latencies, []
-        for route, seconds in latencies:
-            metrics.observe_histogram("proxy.http.request_duration", seconds, {**self.labels, "route": route})
+        latencies, self.latencies = self.latencies, {}
+        for route, samples in latencies.items():
+            labels = {**self.labels, "route": route}
+            for seconds in samples:
+                metrics.observe_histogram("proxy.http.request_duration", seconds, labels)
 
     def _delta(self, metrics: Any, name: str, attr: str) -> None:
         value = getattr(self, attr)
