@@ -205,7 +205,7 @@ class Relay(asyncio.Protocol):
         """Begin judging requests with ``decide``."""
         self.decide = decide
         self._resume(_START)
-        self._pump()
+        self._guarded(self._pump)
 
     def close(self) -> None:
         """End the session: the caller's connection after what is buffered for it, the app's at once."""
@@ -237,13 +237,13 @@ class Relay(asyncio.Protocol):
             app = self.app
             if app is not None and not self.app_eof and app.transport.can_write_eof():
                 app.transport.write_eof()  # passed on as a half-close; the app's answer may follow
-                return True
+                return self.transport.can_write_eof()  # over TLS the caller's side closes regardless
             self.close()
             return False
-        if self.parsing is not None or not self.queue:
+        if not self.queue or not self.queue[0].complete:
             self.close()  # between requests, or in the middle of one that will never be whole
             return False
-        return self.transport.can_write_eof()  # the answers still due go out first
+        return self.transport.can_write_eof()  # the answers still due go out first (a partial one after them is dropped)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -424,7 +424,7 @@ class Relay(asyncio.Protocol):
                 self._pause(_BACKLOG)
             else:
                 self._resume(_BACKLOG)
-        if self.caller_eof and not queue and not self.tunnel:
+        if self.caller_eof and not self.tunnel and (not queue or not queue[0].complete):
             self.close()
 
     def _judge(self, ex: _Exchange) -> None:

@@ -403,6 +403,19 @@ def test_malformed_request_gets_400_and_close(request_bytes: bytes) -> None:
     run(scenario)
 
 
+def test_a_request_head_over_64_kib_gets_431_and_close() -> None:
+    async def scenario() -> None:
+        async with proxy() as env:
+            reader, writer = await env.connect()
+            writer.write(b"GET /hello HTTP/1.1\r\nHost: api\r\nX-Big: " + b"x" * 66 * 1024)  # read in several pieces
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["connection"]) == (431, "close")
+            assert env.app.connections == 0
+            assert await reader.read() == b""
+            writer.close()
+    run(scenario)
+
+
 def test_expect_100_continue() -> None:
     async def scenario() -> None:
         async with proxy() as env:
