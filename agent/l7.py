@@ -43,7 +43,7 @@ import re
 import time
 from http import HTTPStatus
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import httptools
@@ -53,8 +53,9 @@ from proconsul.server.intentions import intention_string
 
 log = logging.getLogger("proconsul.proxy.l7")
 
-# (method, request target with its query, headers with lower-cased names) -> (allowed, reason)
-Decide = Callable[[str, str, list[tuple[str, str]]], tuple[bool, str]]
+Headers = Iterable[tuple[str, str]]  # lower-cased names; iterated only when a permission reads them
+# (method, request target with its query, headers) -> (allowed, reason)
+Decide = Callable[[str, str, Headers], tuple[bool, str]]
 # dial(protocol_factory) -> (transport, protocol) of a new connection to the app
 Dial = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
 OnRequest = Callable[[int, float, bool], None]  # status, seconds, allowed
@@ -140,7 +141,7 @@ class _TextHeaders:
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.raw = raw
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw)
 
 
@@ -428,7 +429,7 @@ class Relay(asyncio.Protocol):
             self.close()
 
     def _judge(self, ex: _Exchange) -> None:
-        allowed, reason = self.decide(ex.method.decode("ascii"), ex.target.decode("latin-1"), _TextHeaders(ex.headers))  # type: ignore[arg-type]
+        allowed, reason = self.decide(ex.method.decode("ascii"), ex.target.decode("latin-1"), _TextHeaders(ex.headers))
         ex.allowed = allowed
         if not allowed:
             log.debug("l7: denied %s %s: %s", ex.method.decode("ascii"), ex.target.decode("latin-1"), reason)
@@ -900,7 +901,7 @@ class Decisions:
         self.memo: dict[tuple[str, str], tuple[bool, str]] = {}
         self.remembers = False
 
-    def __call__(self, method: str, path: str, headers: list[tuple[str, str]]) -> tuple[bool, str]:
+    def __call__(self, method: str, path: str, headers: Headers) -> tuple[bool, str]:
         matches, default_allow = self.view()
         if matches is not self.matches or default_allow != self.default_allow:
             self.matches, self.default_allow, self.memo = matches, default_allow, {}
@@ -919,7 +920,7 @@ class Decisions:
 
 def decide_request(
     matches: list[dict], source: str, default_allow: bool,
-    method: str, path: str, headers: list[tuple[str, str]],
+    method: str, path: str, headers: Headers,
 ) -> tuple[bool, str]:
     """Consul's L7 decision for one request: the first intention covering ``source`` decides, by its Action (L4) or its first matching permission (L7)."""
     for ixn in matches:
@@ -935,7 +936,7 @@ def decide_request(
     return default_allow, "Default behavior"
 
 
-def permission_matches(perm: dict, method: str, path: str, headers: list[tuple[str, str]]) -> bool:
+def permission_matches(perm: dict, method: str, path: str, headers: Headers) -> bool:
     """IntentionPermission as Envoy's RBAC applies it: every condition of its HTTP block holds; paths without the query."""
     http = perm.get("HTTP")
     if not http:
@@ -952,7 +953,7 @@ def permission_matches(perm: dict, method: str, path: str, headers: list[tuple[s
     return all(_header_matches(rule, method, path, headers) for rule in http.get("Header") or [])
 
 
-def _header_matches(rule: dict[str, Any], method: str, path: str, headers: list[tuple[str, str]]) -> bool:
+def _header_matches(rule: dict[str, Any], method: str, path: str, headers: Headers) -> bool:
     """IntentionHTTPHeaderPermission as Envoy's HeaderMatcher: an absent header fails every rule but an inverted Present."""
     # Consul's converter takes the first criterion set, in this order, and skips a rule with none.
     kind = next((k for k in ("Exact", "Regex", "Prefix", "Suffix", "Present") if rule.get(k)), None)
@@ -976,7 +977,7 @@ def _header_matches(rule: dict[str, Any], method: str, path: str, headers: list[
     return matched != inverted
 
 
-def _header_value(name: str, method: str, path: str, headers: list[tuple[str, str]]) -> str | None:
+def _header_value(name: str, method: str, path: str, headers: Headers) -> str | None:
     """A header's values joined with "," as Envoy does, or None if absent; Envoy's pseudo-headers too."""
     if name == ":method":
         return method
