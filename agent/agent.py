@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import socket
@@ -653,6 +654,9 @@ class Agent:
             # What start() had begun (Raft, a leadership's duties, listeners) ends before the error is told.
             await self.stop()
             raise
+        # What start() built lives as long as the agent: out of the cyclic GC's full passes, which would walk it all
+        # a few times a minute under load (tens of ms each, stalling every connection and request on the loop).
+        gc.freeze()
         await self._stop.wait()
         log.info("shutting down")
         await self.stop()

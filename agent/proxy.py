@@ -3,11 +3,14 @@
 Inbound: a TLS listener on the proxy's public port that requires a client
 certificate chaining to the CA roots, reads the caller's SPIFFE ID, asks the
 intentions (``Source.authorize``) and pipes to the local app — byte for byte for
-L4 services, request by request through ``l7.serve_http`` when the service's
+L4 services, request by request through an ``l7.Relay`` when the service's
 protocol is http. Upstreams: a plain listener per upstream on 127.0.0.1; each
 connection picks a passing instance of the destination's proxies (round robin
 from a random start, the next one on a connect failure), dials it over mTLS with
 this service's leaf and checks the server's SPIFFE ID names the destination.
+An http upstream is piped byte for byte too (the destination's inbound side
+judges and rewrites requests); an ``l7.Observer`` watching a copy of the bytes
+counts its requests, and a caller that cannot be connected gets a 503.
 
 Certificates: one SSLContext per (leaf, roots) pair, rebuilt when either
 changes. The listener keeps its socket; its SNI callback hands each new
@@ -17,8 +20,9 @@ current client context.
 
 Piping copies through asyncio protocols, not streams: each side writes what it
 reads straight into the other's transport and stops reading while the other's
-write buffer is full. TLS cannot carry a half-close, so an EOF on either side
-closes the connection once what was read has been written.
+write buffer is full. The L4 pipe never parses what it carries. TLS cannot carry
+a half-close, so an EOF on either side closes the connection once what was read
+has been written.
 
 Everything the proxy needs from the agent comes through a ``Source``
 (``proxy_source``): the managed proxies call into their agent, the standalone
@@ -29,12 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import ssl
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -46,7 +50,7 @@ DIAL_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 RETRY_MAX = 5.0
 HTTP_PROTOCOLS = ("http",)  # parsed per request (HTTP/1.1); http2 and grpc are piped, decided per connection
-STREAM_LIMIT = 64 * 1024  # L7 stream buffer
+LINGER = 2.0  # seconds an upstream caller refused with a 503 has to finish sending its request
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,17 @@ class Stats:
     bytes_out: int = 0  # written to the downstream side
     active: int = 0
     requests: dict[int, int] = field(default_factory=dict)  # L7: status -> count since the last flush
-    latencies: list[tuple[str, float]] = field(default_factory=list)  # L7: (route, seconds) since the last flush
+    # L7: route -> seconds of each request since the last flush (floats, which the cyclic GC does not track)
+    latencies: dict[str, list[float]] = field(default_factory=dict)
     _flushed: dict[str, int] = field(default_factory=dict)
 
     def request_done(self, status: int, seconds: float, route: str) -> None:
         self.requests[status] = self.requests.get(status, 0) + 1
-        if len(self.latencies) < 10_000:
-            self.latencies.append((route, seconds))
+        samples = self.latencies.get(route)
+        if samples is None:
+            self.latencies[route] = [seconds]
+        elif len(samples) < 10_000:
+            samples.append(seconds)
 
     def flush(self, metrics: Any) -> None:
         for name in ("accepted", "denied", "failed"):
@@ -106,9 +114,11 @@ class Stats:
         requests, self.requests = self.requests, {}
         for status, n in requests.items():
             metrics.incr("proxy.http.requests", n, {**self.labels, "code": str(status)})
-        latencies, self.latencies = self.latencies, []
-        for route, seconds in latencies:
-            metrics.observe_histogram("proxy.http.request_duration", seconds, {**self.labels, "route": route})
+        latencies, self.latencies = self.latencies, {}
+        for route, samples in latencies.items():
+            labels = {**self.labels, "route": route}
+            for seconds in samples:
+                metrics.observe_histogram("proxy.http.request_duration", seconds, labels)
 
     def _delta(self, metrics: Any, name: str, attr: str) -> None:
         value = getattr(self, attr)
@@ -124,8 +134,29 @@ def _spiffe_uris(peercert: dict[str, Any] | None) -> list[str]:
     return [v for k, v in (peercert or {}).get("subjectAltName", ()) if k == "URI"]
 
 
+class _SSLObject(ssl.SSLObject):
+    """An ``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C methods themselves.
+
+    uvloop's SSL transport looks these three up once per connection and calls them for every TLS
+    record; ``ssl.SSLObject`` wraps each in a Python method that only forwards its arguments."""
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> "_SSLObject":
+        self = super()._create(*args, **kwargs)  # type: ignore[misc]
+        raw = self._sslobj
+        self.read, self.write, self.pending = raw.read, raw.write, raw.pending
+        return self
+
+
+def _fast_sslobject(ctx: ssl.SSLContext) -> None:
+    """Let ``ctx`` hand out ``_SSLObject``s, where this Python's ``ssl`` module has the internals it relies on."""
+    if callable(getattr(ssl.SSLObject, "_create", None)):
+        ctx.sslobject_class = _SSLObject
+
+
 def _context(side: int, cert_pem: str, key_pem: str, roots: list[str]) -> ssl.SSLContext:
     ctx = ssl.SSLContext(side)
+    _fast_sslobject(ctx)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if side == ssl.PROTOCOL_TLS_CLIENT:
         ctx.check_hostname = False  # identity is the SPIFFE URI, checked after the handshake
@@ -180,17 +211,31 @@ class Certs:
 
 
 class _Conn:
-    """Two sides of one proxied connection, closed together; counted in ``stats`` while open."""
+    """Two sides of one proxied connection, closed together; counted in ``stats`` from the accepted side's
+    ``connection_made`` (after the TLS handshake, on a TLS listener) until it closes.
 
-    __slots__ = ("stats", "down", "up", "closed")
+    With an ``observer`` (an http upstream) each side also hands it a copy of what it reads."""
 
-    def __init__(self, stats: Stats) -> None:
+    __slots__ = ("stats", "down", "up", "closed", "counted", "observer")
+
+    def __init__(self, stats: Stats, observer: Any = None) -> None:
         self.stats = stats
-        self.down = _Side(self, True)
+        self.observer = observer
+        self.down = self.side(True)
         self.up: _Side | None = None
         self.closed = False
-        stats.accepted += 1
-        stats.active += 1
+        self.counted = False
+
+    def side(self, downstream: bool) -> _Side:
+        """A new side of this connection: the accepted one, or a dialled candidate."""
+        if self.observer is None:
+            return _Side(self, downstream)
+        return _ObservedSide(self, downstream, self.observer.request_data if downstream else self.observer.response_data)
+
+    def count(self) -> None:
+        self.counted = True
+        self.stats.accepted += 1
+        self.stats.active += 1
 
     def attach(self, up: _Side) -> None:
         """Join the dialled side to the accepted one and hand over what the accepted side read meanwhile."""
@@ -200,7 +245,7 @@ class _Conn:
             self.close()
             return
         for side in (down, up):
-            pending, side.pending = side.pending, []
+            pending, side.pending = side.pending or [], []
             for data in pending:
                 side.peer.transport.write(data)  # type: ignore[union-attr]
         for side in (down, up):
@@ -211,10 +256,26 @@ class _Conn:
         if self.closed:
             return
         self.closed = True
-        self.stats.active -= 1
+        if self.counted:
+            self.stats.active -= 1
+        if self.observer is not None:
+            self.observer.closed()
         self.down.close()
         if self.up is not None:
             self.up.close()
+
+    def refuse(self, response: bytes) -> None:
+        """Answers the accepted side with ``response`` instead of piping, then closes once it has stopped sending
+        (its EOF, or ``LINGER`` seconds): closing on a request still arriving would reset the answer away."""
+        transport = self.down.transport
+        if self.closed or transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        self.down.pending = None  # what it sends now is dropped
+        transport.write(response)
+        transport.write_eof()
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER, self.close)
 
 
 class _Side(asyncio.Protocol):
@@ -227,7 +288,8 @@ class _Side(asyncio.Protocol):
         self.downstream = downstream
         self.transport: asyncio.Transport | None = None
         self.peer: _Side | None = None
-        self.pending: list[bytes] = []  # read before the peer was attached (uvloop reads before pause takes)
+        # Read before the peer was attached (uvloop reads before pause takes); None: dropped (a refused caller).
+        self.pending: list[bytes] | None = []
         self.on_made: Callable[[], None] | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -235,6 +297,8 @@ class _Side(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER)
         if self.peer is None:
             transport.pause_reading()
+        if self.downstream:
+            self.conn.count()
         if self.on_made is not None:
             self.on_made()
 
@@ -245,7 +309,8 @@ class _Side(asyncio.Protocol):
             self.conn.stats.bytes_out += len(data)
         peer = self.peer
         if peer is None or peer.transport is None:
-            self.pending.append(data)
+            if self.pending is not None:
+                self.pending.append(data)
             return
         peer.transport.write(data)
 
@@ -271,10 +336,21 @@ class _Side(asyncio.Protocol):
             self.transport.close()  # flushes what is buffered first
 
 
+class _ObservedSide(_Side):
+    """A side of an http upstream's pipe: what it reads goes on unchanged, and to the observer."""
+
+    __slots__ = ("observe",)
+
+    def __init__(self, conn: _Conn, downstream: bool, observe: Callable[[bytes], None]) -> None:
+        super().__init__(conn, downstream)
+        self.observe = observe
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.observe(data)
+
+
 # ------------------------------------------------------------------ the proxy
-
-
-Decision = tuple[bool, str]
 
 
 class Proxy:
@@ -413,8 +489,7 @@ class Proxy:
 
     def _accept_inbound(self) -> asyncio.BaseProtocol:
         if self.protocol in HTTP_PROTOCOLS:
-            reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-            return asyncio.StreamReaderProtocol(reader, self._inbound_http)
+            return self._inbound_relay()
         conn = _Conn(self.inbound)
         conn.down.on_made = lambda: self._spawn(self._inbound_l4(conn))
         return conn.down
@@ -463,7 +538,7 @@ class Proxy:
             return
         try:
             _, up = await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(lambda: _Side(conn, False), spec.local_address, spec.local_port),
+                asyncio.get_running_loop().create_connection(lambda: conn.side(False), spec.local_address, spec.local_port),
                 DIAL_TIMEOUT,
             )
         except (OSError, asyncio.TimeoutError) as err:
@@ -473,53 +548,70 @@ class Proxy:
             return
         conn.attach(up)
 
-    async def _inbound_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _inbound_relay(self) -> asyncio.BaseProtocol:
+        """An HTTP caller's side, counted from its handshake on; it is read once the caller is known and the intentions are at hand."""
         from proconsul.agent import l7
 
-        spec, stats = self.spec, self.inbound
-        stats.accepted += 1
-        stats.active += 1
-        try:
-            caller = self._caller(writer)
-            if caller is None:
-                writer.close()
-                return
-            _, source = caller
-            view = await self.source.intentions(spec.service)
+        stats = self.inbound
 
-            def decide(method: str, path: str, headers: list[tuple[str, str]]) -> Decision:
-                matches, default_allow = view()
-                allowed, reason = l7.decide_request(matches, source, default_allow, method, path, headers)
-                if not allowed:
-                    log.warning("proxy %s: denied %s %s from %s to %s: %s", spec.id, method, path, source, spec.service, reason)
-                return allowed, reason
+        def made() -> None:
+            stats.accepted += 1
+            stats.active += 1
+            self._spawn(self._inbound_http(relay))
 
-            async def open_app() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-                try:
-                    return await asyncio.wait_for(asyncio.open_connection(spec.local_address, spec.local_port), DIAL_TIMEOUT)
-                except (OSError, asyncio.TimeoutError):
-                    stats.failed += 1
-                    raise
-
-            def done(status: int, seconds: float, allowed: bool) -> None:
-                stats.request_done(status, seconds, "inbound" if allowed else "denied")
-
-            received, sent = await l7.serve_http(reader, writer, open_app, decide, done)
+        def closed(received: int, sent: int) -> None:
             stats.bytes_in += received
             stats.bytes_out += sent
-        except Exception as err:  # noqa: BLE001 (one connection's failure must not reach the listener)
-            log.warning("proxy %s: inbound connection failed: %s", spec.id, err)
-            writer.close()
-        finally:
             stats.active -= 1
+
+        def done(status: int, seconds: float, allowed: bool) -> None:
+            stats.request_done(status, seconds, "inbound" if allowed else "denied")
+
+        relay = l7.Relay(self._dial_app, on_request=done, on_close=closed)
+        relay.on_made = made
+        return relay
+
+    async def _inbound_http(self, relay: Any) -> None:
+        from proconsul.agent import l7
+
+        spec = self.spec
+        caller = self._caller(relay.transport)
+        if caller is None:
+            relay.close()
+            return
+        _, source = caller
+        try:
+            view = await self.source.intentions(spec.service)
+        except Exception as err:  # noqa: BLE001 (fail closed)
+            log.warning("proxy %s: no intentions for %s, refusing %s: %s", spec.id, spec.service, source, err)
+            relay.close()
+            return
+
+        def denied(method: str, path: str, reason: str) -> None:
+            log.warning("proxy %s: denied %s %s from %s to %s: %s", spec.id, method, path, source, spec.service, reason)
+
+        relay.start(l7.Decisions(view, source, denied))
+
+    async def _dial_app(self, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport, Any]:
+        """A connection to the local app, for the L7 relay."""
+        spec = self.spec
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(factory, spec.local_address, spec.local_port), DIAL_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError):
+            self.inbound.failed += 1
+            raise
 
     # -- upstreams
 
     def _accept_upstream(self, u: Upstream, stats: Stats) -> asyncio.BaseProtocol:
+        observer = None
         if self.upstream_protocols.get(u.destination) in HTTP_PROTOCOLS:
-            reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-            return asyncio.StreamReaderProtocol(reader, lambda r, w: self._upstream_http(u, stats, r, w))
-        conn = _Conn(stats)
+            from proconsul.agent.l7 import Observer
+
+            observer = Observer(functools.partial(stats.request_done, route=u.destination))
+        conn = _Conn(stats, observer)
         conn.down.on_made = lambda: self._spawn(self._upstream_l4(u, conn))
         return conn.down
 
@@ -564,42 +656,15 @@ class Proxy:
 
     async def _upstream_l4(self, u: Upstream, conn: _Conn) -> None:
         try:
-            _, up = await self._dial(u, lambda: _Side(conn, False))
+            _, up = await self._dial(u, lambda: conn.side(False))
         except ConnectionError as err:
             conn.stats.failed += 1
             log.warning("proxy %s: upstream %s: %s", self.spec.id, u.destination, err)
-            conn.close()
+            if conn.observer is not None:  # an HTTP caller gets Envoy's answer rather than a bare close
+                from proconsul.agent.l7 import UNREACHABLE_BODY, plain_response
+
+                conn.refuse(plain_response(503, UNREACHABLE_BODY, close=True))
+            else:
+                conn.close()
             return
         conn.attach(up)
-
-    async def _upstream_http(self, u: Upstream, stats: Stats, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from proconsul.agent import l7
-
-        stats.accepted += 1
-        stats.active += 1
-
-        async def open_app() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            readers: list[asyncio.StreamReader] = []  # one per dialled candidate: the last is the one kept
-
-            def factory() -> asyncio.StreamReaderProtocol:
-                readers.append(asyncio.StreamReader(limit=STREAM_LIMIT))
-                return asyncio.StreamReaderProtocol(readers[-1])
-
-            try:
-                transport, protocol = await self._dial(u, factory)
-            except ConnectionError as err:
-                stats.failed += 1
-                log.warning("proxy %s: upstream %s: %s", self.spec.id, u.destination, err)
-                raise
-            return readers[-1], asyncio.StreamWriter(transport, protocol, readers[-1], asyncio.get_running_loop())
-
-        def done(status: int, seconds: float, allowed: bool) -> None:
-            stats.request_done(status, seconds, u.destination)
-
-        try:
-            received, sent = await l7.serve_http(reader, writer, open_app, lambda m, p, h: (True, ""), done)
-            stats.bytes_in += received
-            stats.bytes_out += sent
-        finally:
-            stats.active -= 1
-

@@ -4,17 +4,21 @@ The same client and the same backend app on 127.0.0.1, three ways:
 
 * direct: client -> app.
 * proconsul: client -> web's sidecar upstream listener (plain TCP) -> mTLS ->
-  db's sidecar public listener -> app. Both sidecars are the agent's managed
-  built-in proxies, so both ends run in the agent process on one asyncio loop.
+  db's sidecar public listener -> app. Both sidecars are managed built-in
+  proxies, each in its own node's agent as in production: db's in a dev
+  (server) agent, web's in a client agent joined to it — two processes, one
+  asyncio loop each, as HAProxy's pair is two processes. An extra row,
+  ``proconsul, 1 agent``, puts both sidecars in the server agent (one loop,
+  one core for both ends), the layout this benchmark used to measure.
 * haproxy: client -> haproxy #1 (plain frontend, ``ssl verify required`` with a
   client cert to #2) -> haproxy #2 (``ssl crt ... verify required``) -> app.
-  Two processes like two sidecars, ``nbthread 1`` each. Both meshes use the
+  Two processes like the two agents, ``nbthread 1`` each. Both meshes use the
   same EC P-256 leaf certificates and root (taken from the proconsul dev
   agent's CA), and both link the system OpenSSL, so key types and ciphers match.
 
 Optional L7 rows: ``service-defaults`` with ``Protocol: http`` for separate
 destinations ``dbh`` and ``bulkh`` (written before they are registered, in the
-same agent, so every target can be interleaved in one run) against the HAProxy
+same server agent, so every target can be interleaved in one run) against the HAProxy
 pair's ``mode http`` frontends.
 
 Workloads: (a) small requests: wrk (Debian) with 1 and 16 keep-alive
@@ -68,7 +72,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parent.parent
 
 DIRECT, OURS, HAPROXY, OURS_L7, HAPROXY_L7 = "direct", "proconsul", "haproxy", "proconsul L7 (http)", "haproxy L7 (http)"
-PAIRS = ((OURS, DIRECT), (OURS, HAPROXY), (HAPROXY, DIRECT), (OURS_L7, DIRECT), (OURS_L7, HAPROXY_L7), (HAPROXY_L7, DIRECT))
+OURS_ONE = "proconsul, 1 agent"  # both sidecars in one agent process (one loop, one core)
+PAIRS = (
+    (OURS, DIRECT), (OURS, HAPROXY), (OURS_ONE, HAPROXY), (HAPROXY, DIRECT),
+    (OURS_L7, DIRECT), (OURS_L7, HAPROXY_L7), (HAPROXY_L7, DIRECT),
+)
 
 
 @dataclass
@@ -379,39 +387,61 @@ def start_haproxy_pair(procs: Procs, workdir: Path, app: int, bulk: int) -> tupl
     return Target(HAPROXY, front[0], front[1], pair, tls_port=back[0]), Target(HAPROXY_L7, front[2], front[3], pair, tls_port=back[2])
 
 
-def start_agent(procs: Procs, workdir: Path) -> tuple[int, int]:
-    """A proconsul dev agent on free ports; its PID and HTTP port once it has a leader."""
+def start_agent(procs: Procs, workdir: Path, name: str, join: int | None = None) -> tuple[int, int, int]:
+    """A proconsul agent on free ports: a dev agent (server), or a client agent joined to the server port ``join``.
+
+    Its PID, HTTP port and server port, once it has a leader (and, for a client, once it is a live member)."""
     http, server, dns = free_ports(3)
-    proc = procs.start(
-        [str(Path(sys.executable).parent / "proconsul"), "agent", "-dev", "-http-port", str(http), "-server-port", str(server), "-dns-port", str(dns), "-log-level", "warn"],
-        workdir / "agent.log",
-    )
+    cmd = [str(Path(sys.executable).parent / "proconsul"), "agent", "-node", name, "-http-port", str(http), "-dns-port", str(dns), "-log-level", "warn"]
+    if join is None:
+        cmd += ["-dev", "-server-port", str(server)]
+    else:
+        cmd += ["-retry-join", f"127.0.0.1:{join}", "-data-dir", str(workdir / name)]
+    proc = procs.start(cmd, workdir / f"{name}.log")
     deadline = time.monotonic() + 20
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{http}/v1/status/leader", timeout=1).json():
-                return proc.pid, http
-        except httpx.HTTPError:
+                members = httpx.get(f"http://127.0.0.1:{http}/v1/agent/members", timeout=1).json()
+                if any(m["Name"] == name and m["Status"] == 1 for m in members):
+                    return proc.pid, http, server
+        except (httpx.HTTPError, ValueError):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"proconsul agent did not start (see {workdir}/agent.log)")
+            raise RuntimeError(f"proconsul agent {name} did not start (see {workdir}/{name}.log)")
         time.sleep(0.1)
 
 
-def register_mesh(agent_http: int, agent_pid: int, app: int, bulk: int) -> tuple[Target, Target]:
-    """db/bulk (tcp) and dbh/bulkh (http) behind sidecars, web and webh with upstreams to them; wait until they answer."""
-    base = f"http://127.0.0.1:{agent_http}"
-    up = free_ports(6)
+def _register(http: int, body: dict[str, Any]) -> None:
+    httpx.put(f"http://127.0.0.1:{http}/v1/agent/service/register", json=body, timeout=10).raise_for_status()
+
+
+def register_mesh(db_agent: tuple[int, int], web_agent: tuple[int, int], app: int, bulk: int) -> tuple[Target, Target, Target]:
+    """The sidecar pairs; each agent is ``(pid, http port)``; wait until every pair answers.
+
+    db/bulk (tcp) and dbh/bulkh (http) sidecars run in ``db_agent``; web (upstreams db, bulk) and webh
+    (upstreams dbh, bulkh) in ``web_agent``, as they would on two nodes; web1 (upstreams db, bulk) in
+    ``db_agent``, for the row with both sidecars in one process. Every sidecar gets an explicit free
+    port: the default range (21000+) may be taken by other agents on the box."""
+    (db_pid, db_http), (web_pid, web_http) = db_agent, web_agent
+    up = free_ports(6)  # the upstream listeners: web's db and bulk, webh's dbh and bulkh, web1's db and bulk
+    side = free_ports(7)  # the sidecars' own ports
     for name in ("dbh", "bulkh"):  # before the services, so the proxies start as L7
-        httpx.put(f"{base}/v1/config", json={"Kind": "service-defaults", "Name": name, "Protocol": "http"}, timeout=10).raise_for_status()
-    for name, port in (("db", app), ("bulk", bulk), ("dbh", app), ("bulkh", bulk)):
-        httpx.put(f"{base}/v1/agent/service/register", json={"Name": name, "Port": port, "Connect": {"SidecarService": {}}}, timeout=10).raise_for_status()
-    for name, port, dests in (("web", up[4], (("db", up[0]), ("bulk", up[1]))), ("webh", up[5], (("dbh", up[2]), ("bulkh", up[3])))):
+        httpx.put(f"http://127.0.0.1:{db_http}/v1/config", json={"Kind": "service-defaults", "Name": name, "Protocol": "http"}, timeout=10).raise_for_status()
+    for (name, port), sp in zip((("db", app), ("bulk", bulk), ("dbh", app), ("bulkh", bulk)), side):
+        _register(db_http, {"Name": name, "Port": port, "Connect": {"SidecarService": {"Port": sp}}})
+    for http, name, dests, sp in (
+        (web_http, "web", (("db", up[0]), ("bulk", up[1])), side[4]),
+        (web_http, "webh", (("dbh", up[2]), ("bulkh", up[3])), side[5]),
+        (db_http, "web1", (("db", up[4]), ("bulk", up[5])), side[6]),
+    ):
         upstreams = [{"DestinationName": d, "LocalBindPort": p} for d, p in dests]
-        body = {"Name": name, "Port": port, "Connect": {"SidecarService": {"Proxy": {"Upstreams": upstreams}}}}
-        httpx.put(f"{base}/v1/agent/service/register", json=body, timeout=10).raise_for_status()
-    public = [httpx.get(f"{base}/v1/agent/service/{name}-sidecar-proxy", timeout=10).json()["Port"] for name in ("db", "dbh")]
-    targets = (Target(OURS, up[0], up[1], [agent_pid], tls_port=public[0]), Target(OURS_L7, up[2], up[3], [agent_pid], tls_port=public[1]))
+        _register(http, {"Name": name, "Port": app, "Connect": {"SidecarService": {"Port": sp, "Proxy": {"Upstreams": upstreams}}}})
+    targets = (
+        Target(OURS, up[0], up[1], [web_pid, db_pid], tls_port=side[0]),
+        Target(OURS_L7, up[2], up[3], [web_pid, db_pid], tls_port=side[2]),
+        Target(OURS_ONE, up[4], up[5], [db_pid], tls_port=side[0]),
+    )
     has_proxy = importlib.util.find_spec("proconsul.agent.proxy") is not None
     deadline = time.monotonic() + READY_TIMEOUT
     pending = list(targets)
@@ -511,19 +541,21 @@ def main(argv: list[str]) -> dict[str, Any]:
             wait_port(bulk)
             direct = Target(DIRECT, app, bulk)
             try:
-                agent_pid, agent_http = start_agent(procs, workdir)
+                db_pid, db_http, db_server = start_agent(procs, workdir, "db-node")
+                web_pid, web_http, _ = start_agent(procs, workdir, "web-node", join=db_server)
+                agent_error = None
             except RuntimeError as e:
-                agent_pid, agent_http, agent_error = 0, None, str(e)
-            certs = write_certs(workdir, agent_http)
+                db_http, agent_error = None, str(e)
+            certs = write_certs(workdir, db_http)
             hap, hap_l7 = start_haproxy_pair(procs, workdir, app, bulk)
-            if agent_http is not None:
-                ours, ours_l7 = register_mesh(agent_http, agent_pid, app, bulk)
+            if agent_error is None:
+                ours, ours_l7, ours_one = register_mesh((db_pid, db_http), (web_pid, web_http), app, bulk)
             else:
-                ours, ours_l7 = Target(OURS, 0, 0, skipped=agent_error), Target(OURS_L7, 0, 0, skipped=agent_error)
+                ours, ours_l7, ours_one = (Target(n, 0, 0, skipped=agent_error) for n in (OURS, OURS_L7, OURS_ONE))
             for t in (direct, hap, hap_l7):
                 if (why := answers(t.small_port, t.bulk_port)) is not None:
                     raise RuntimeError(f"{t.name}: {why}")
-            l4 = [direct, ours, hap]
+            l4 = [direct, ours, ours_one, hap]
             l7 = [ours_l7, hap_l7]
             mine = {p.pid for p in procs.started} | {os.getpid()}
             results["setup"] = {
@@ -532,6 +564,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 "cores": os.cpu_count(),
                 "tls": {t.name: negotiated(t.tls_port, workdir) for t in (ours, hap) if t.tls_port},
                 "proconsul_skipped": ours.skipped,
+                "proconsul_one_agent_skipped": ours_one.skipped,
                 "proconsul_l7_skipped": ours_l7.skipped,
             }
             results["small"] = {}
@@ -555,20 +588,21 @@ def report(results: dict[str, Any]) -> None:
     """The tables: one per connection count for small requests, one for bulk, each followed by its ratios."""
     s = results["setup"]
     print(f"Service mesh data path on 127.0.0.1, {s['cores']} cores; mTLS with {s['certs']}.")
-    print("  proconsul: both managed sidecars run inside the agent process (one asyncio loop, single-threaded).")
+    print("  proconsul: web's sidecar in a client agent, db's in a server agent (two processes, one asyncio loop each);")
+    print(f"             '{OURS_ONE}': both sidecars in the server agent (one loop, one core).")
     print(f"  haproxy:   {s['haproxy']}, two processes (web's side, db's side), nbthread 1 each; app = a third haproxy.")
     print("  db side's TLS for an OpenSSL client: " + "; ".join(f"{k}: {v}" for k, v in s["tls"].items()))
     print(f"Small requests: wrk -t1, GET of a {len(BODY)}-byte body, {DURATION}s per run, {ROUNDS} interleaved rounds")
-    print("  (median [min-max] req/s; p50/p99 ms medians; CPU in cores: wrk, the proxies (of which kernel), the app, other processes)")
+    print("  (median [min-max] req/s; p50/p99 ms medians; CPU in cores: wrk, the proxies (of which kernel), proxy CPU per request, the app, other processes)")
     for conns, rows in results["small"].items():
         print(f"  {conns}")
-        print(f"  {'target':<21}{'req/s':>9}  {'[min-max]':<17}{'p50 ms':>8}{'p99 ms':>8}{'wrk':>6}{'proxy':>7}{'(sys)':>7}{'app':>6}{'other':>7}")
+        print(f"  {'target':<21}{'req/s':>9}  {'[min-max]':<17}{'p50 ms':>8}{'p99 ms':>8}{'wrk':>6}{'proxy':>7}{'(sys)':>7}{'µs/req':>7}{'app':>6}{'other':>7}")
         for name, r in rows.items():
             if name == "ratios":
                 continue
             print(_fmt_skip(name, r) or (
                 f"  {name:<21}{r['rps']:>9.0f}  {'[%.0f-%.0f]' % (r['rps_min'], r['rps_max']):<17}{r['p50_ms']:>8.3f}{r['p99_ms']:>8.3f}"
-                f"{r['wrk_cpu']:>6.2f}{r['proxy_cpu']:>7.2f}{r['proxy_sys']:>7.2f}{r['app_cpu']:>6.2f}{r['others_cpu']:>7.2f}"
+                f"{r['wrk_cpu']:>6.2f}{r['proxy_cpu']:>7.2f}{r['proxy_sys']:>7.2f}{r['proxy_cpu'] / r['rps'] * 1e6:>7.0f}{r['app_cpu']:>6.2f}{r['others_cpu']:>7.2f}"
             ))
         for pair, q in rows["ratios"].items():
             print(f"    {pair:<40} req/s {q.get('rps', float('nan')):.2f}x   p50 {q.get('p50_ms', float('nan')):.2f}x   p99 {q.get('p99_ms', float('nan')):.2f}x")

@@ -291,6 +291,9 @@ def _cell(fn: Callable[[], str]) -> str:
         return NOT_MEASURED
 
 
+ONE_AGENT = "proconsul, 1 agent"  # mesh.py's extra row: both sidecars in one agent process
+
+
 def mesh_table(doc: dict | None) -> str:
     """Today's mesh detail table (L4 and L7, small requests and bulk), proxy CPU per request, and its provenance."""
     if doc is None:
@@ -311,21 +314,24 @@ def mesh_table(doc: dict | None) -> str:
     for key in sorted(small, key=lambda k: int(k.split()[0]) if k.split()[0].isdigit() else 0):
         t = small[key]
         for ours, theirs, label, has_direct in (("proconsul", "haproxy", f"small GETs, {key} (req/s, p50)", True),
+                                                (ONE_AGENT, "haproxy", f"small GETs, {key}, both sidecars in one agent", False),
                                                 ("proconsul L7 (http)", "haproxy L7 (http)", f"small GETs, {key}, L7 (`protocol = http` vs `mode http`)", False)):
-            if ours not in t and theirs not in t:
+            if ours not in t and (theirs not in t or ours == ONE_AGENT):  # the one-agent row is an extra: shown when measured
                 continue
             rows.append([label, _cell(lambda: rps_p50(t, ours)), _cell(lambda: rps_p50(t, theirs)),
                          _cell(lambda: ratio(_live(t[ours])["rps"] / _live(t[theirs])["rps"])),
                          _cell(lambda: count(_live(t["direct"])["rps"])) if has_direct else DASH])
-            cpu.append(f"{key}{', L7' if not has_direct else ''}: proconsul {_cell(lambda: per_request(t, ours))}, HAProxy {_cell(lambda: per_request(t, theirs))}")
+            cpu.append(f"{label.split(' (')[0].removeprefix('small GETs, ')}: proconsul {_cell(lambda: per_request(t, ours))}, HAProxy {_cell(lambda: per_request(t, theirs))}")
     for ours, theirs, label, has_direct in (("proconsul", "haproxy", "bulk, one connection (MB/s)", True),
+                                            (ONE_AGENT, "haproxy", "bulk, both sidecars in one agent (MB/s)", False),
                                             ("proconsul L7 (http)", "haproxy L7 (http)", "bulk, L7 (MB/s)", False)):
-        if ours not in bulk and theirs not in bulk:
+        if ours not in bulk and (theirs not in bulk or ours == ONE_AGENT):
             continue
         rows.append([label, _cell(lambda: count(_live(bulk[ours])["mb_s"])), _cell(lambda: count(_live(bulk[theirs])["mb_s"])),
                      _cell(lambda: ratio(_live(bulk[ours])["mb_s"] / _live(bulk[theirs])["mb_s"])),
                      _cell(lambda: count(_live(bulk["direct"])["mb_s"])) if has_direct else DASH])
-    header = ["mesh, 2 sidecars vs an HAProxy mTLS pair (`nbthread 1` each), same EC P-256 certs", "proconsul", "HAProxy", "ratio", "direct"]
+    header = ["mesh, 2 sidecars (each in its own agent) vs an HAProxy mTLS pair (`nbthread 1` each), same EC P-256 certs",
+              "proconsul", "HAProxy", "ratio", "direct"]
     parts = [_table(header, rows)] if rows else [f"Mesh detail: {NOT_MEASURED}."]
     if cpu:
         parts.append("Proxy CPU per small request (both HAProxy processes together): " + "; ".join(cpu) + ".")

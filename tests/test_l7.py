@@ -1,8 +1,9 @@
-"""The proxy's HTTP/1.1 inbound path (agent/l7.py): per-request L7 intentions over real loopback sockets, and the matchers' tables.
+"""The proxy's HTTP/1.1 paths (agent/l7.py): per-request L7 intentions over real loopback sockets, the upstream
+side's observer, and the matchers' tables.
 
-A tiny keep-alive app (h11) sits behind ``serve_http`` on a loopback listener;
-callers are raw sockets, so status lines, framing and connection reuse are
-asserted on the wire, or httpx for streaming.
+A tiny keep-alive app (h11, an HTTP implementation independent of the proxy's parser) sits behind a ``Relay`` on a
+loopback listener; callers are raw sockets, so status lines, framing and connection reuse are asserted on the
+wire, or httpx for streaming.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import h11
 import httpx
 import pytest
 
-from proconsul.agent.l7 import Decide, decide_request, permission_matches, serve_http
+from proconsul.agent import l7
+from proconsul.agent.l7 import Decide, Observer, Relay, decide_request, permission_matches
+
+# Responses the app writes byte for byte (odd reason phrase and header case, to see whether they were rebuilt).
+RAW = {
+    "clean": b"HTTP/1.1 200 Fine\r\nX-Odd-Case: Kept\r\nContent-Length: 2\r\n\r\nok",
+    "chunked": b"HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n",
+    "hop": b"HTTP/1.1 200 Fine\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+    "unframed": b"HTTP/1.1 200 Fine\r\nX-Odd-Case: Kept\r\n\r\nok",
+}
 
 # web may do anything but /admin; L7 rules as the intention match endpoint returns them.
 MATCHES = [
@@ -40,7 +50,8 @@ def web_decide(method: str, path: str, headers: list[tuple[str, str]]) -> tuple[
 
 
 class App:
-    """HTTP/1.1 with keep-alive: /hello, /chunked, /echo (streams the body back), /sum, /upgrade (101 then raw echo), /early, /vanish, /abort, /bye."""
+    """HTTP/1.1 with keep-alive: /hello, /chunked, /echo (streams the body back), /sum, /upgrade (101 then raw echo), /early, /vanish, /abort, /bye,
+    /raw/<name> (writes ``RAW[name]`` as it is, then closes)."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -109,6 +120,11 @@ class App:
                 elif path == "/vanish":  # closes without answering
                     await body()
                     return
+                elif path.startswith("/raw/"):
+                    await body()
+                    writer.write(RAW[path[5:]])
+                    await writer.drain()
+                    return
                 elif path == "/abort":
                     await body()
                     await send(h11.Response(status_code=200, headers=[(b"content-length", b"1000")]), h11.Data(data=b"x" * 10))
@@ -132,8 +148,8 @@ class Env:
     app: App
     port: int
     requests: list[tuple[int, float, bool]] = field(default_factory=list)
-    sessions: list[tuple[int, int]] = field(default_factory=list)
-    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+    sessions: list[tuple[int, int]] = field(default_factory=list)  # (bytes in, bytes out) of each ended relay
+    relays: list[Relay] = field(default_factory=list)
     callers: list[asyncio.StreamWriter] = field(default_factory=list)
 
     @property
@@ -146,31 +162,32 @@ class Env:
         return reader, writer
 
     async def close(self) -> None:
-        """Closes the callers and lets every handler end on its own (Python 3.11 logs an error for a cancelled one)."""
+        """Closes the callers and lets every relay and app handler end on its own (Python 3.11 logs an error for a cancelled one)."""
         for writer in self.callers:
             writer.close()
-        handlers = self.handlers | self.app.handlers
-        if handlers:
-            await asyncio.wait(handlers, timeout=5)
+        await eventually(lambda: len(self.sessions) == len(self.relays))
+        if self.app.handlers:
+            await asyncio.wait(self.app.handlers, timeout=5)
 
 
 @asynccontextmanager
 async def proxy(decide: Decide = web_decide, app_down: bool = False) -> AsyncIterator[Env]:
-    """The app behind serve_http on a loopback listener (no TLS: the handshake is the caller's business)."""
+    """The app behind a Relay on a loopback listener (no TLS: the handshake is the caller's business)."""
     app = App()
     app_port = await app.start()
     if app_down:
         app_port = free_port()
     env = Env(app, 0)
+    loop = asyncio.get_running_loop()
 
-    async def open_app() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", app_port)
+    async def dial(factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport, Any]:
+        return await loop.create_connection(factory, "127.0.0.1", app_port)
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        env.handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        env.sessions.append(await serve_http(reader, writer, open_app, decide, lambda *a: env.requests.append(a)))
+    def relay() -> Relay:
+        env.relays.append(Relay(dial, decide, lambda *a: env.requests.append(a), lambda *a: env.sessions.append(a)))
+        return env.relays[-1]
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await loop.create_server(relay, "127.0.0.1", 0)
     env.port = server.sockets[0].getsockname()[1]
     try:
         yield env
@@ -226,7 +243,7 @@ async def eventually(fn: Callable[[], Any], timeout: float = 5.0) -> Any:
 GET_HELLO = b"GET /hello HTTP/1.1\r\nHost: api\r\n\r\n"
 
 
-# ---- serve_http on the wire -----------------------------------------------------------------
+# ---- the relay on the wire ------------------------------------------------------------------
 
 
 def test_allowed_get_is_forwarded() -> None:
@@ -386,6 +403,19 @@ def test_malformed_request_gets_400_and_close(request_bytes: bytes) -> None:
     run(scenario)
 
 
+def test_a_request_head_over_64_kib_gets_431_and_close() -> None:
+    async def scenario() -> None:
+        async with proxy() as env:
+            reader, writer = await env.connect()
+            writer.write(b"GET /hello HTTP/1.1\r\nHost: api\r\nX-Big: " + b"x" * 66 * 1024)  # read in several pieces
+            status, headers, _ = await read_response(reader)
+            assert (status, headers["connection"]) == (431, "close")
+            assert env.app.connections == 0
+            assert await reader.read() == b""
+            writer.close()
+    run(scenario)
+
+
 def test_expect_100_continue() -> None:
     async def scenario() -> None:
         async with proxy() as env:
@@ -472,6 +502,124 @@ def test_byte_counts_returned() -> None:
             writer.close()
             assert await eventually(lambda: env.sessions) == [(len(sent), len(received))]
     run(scenario)
+
+
+def test_a_clean_response_passes_byte_for_byte_and_the_others_are_rebuilt() -> None:
+    async def scenario() -> None:
+        async with proxy() as env:
+            for name in ("clean", "chunked"):  # framed, nothing hop-by-hop: exactly the app's bytes
+                reader, writer = await env.connect()
+                writer.write(b"GET /raw/" + name.encode() + b" HTTP/1.1\r\nHost: api\r\n\r\n")
+                assert await reader.readexactly(len(RAW[name])) == RAW[name]
+                writer.close()
+            reader, writer = await env.connect()  # the app's keep-alive terms are its own
+            writer.write(b"GET /raw/hop HTTP/1.1\r\nHost: api\r\n\r\n")
+            assert await read_response(reader) == (200, {"content-length": "2"}, b"ok")
+            reader, writer = await env.connect()  # delimited by the close: chunked for an HTTP/1.1 caller
+            writer.write(b"GET /raw/unframed HTTP/1.1\r\nHost: api\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head == b"HTTP/1.1 200 OK\r\nx-odd-case: Kept\r\ntransfer-encoding: chunked\r\n\r\n"
+            assert await reader.readuntil(b"0\r\n\r\n") == b"2\r\nok\r\n0\r\n\r\n"
+            writer.write(GET_HELLO)  # and the caller's connection goes on
+            assert (await read_response(reader))[2] == b"hello"
+    run(scenario)
+
+
+def test_each_request_byte_is_parsed_once_and_a_clean_response_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The regression guard of the L7 hot path: one request parser per caller connection, fed each byte the caller
+    sent exactly once (heads are not re-parsed), and a response that passes as it is is parsed once too."""
+    fed: dict[str, list[int]] = {"requests": [], "responses": []}
+
+    def counting(base: Any, key: str) -> Any:
+        class Counting(base):  # type: ignore[misc, valid-type]
+            def __init__(self, protocol: Any) -> None:
+                super().__init__(protocol)
+                fed[key].append(0)
+
+            def feed_data(self, data: bytes) -> None:
+                fed[key][-1] += len(data)
+                super().feed_data(data)
+
+        return Counting
+
+    monkeypatch.setattr(l7.httptools, "HttpRequestParser", counting(l7.httptools.HttpRequestParser, "requests"))
+    monkeypatch.setattr(l7.httptools, "HttpResponseParser", counting(l7.httptools.HttpResponseParser, "responses"))
+
+    async def scenario() -> None:
+        async with proxy() as env:
+            reader, writer = await env.connect()
+            sent = b""
+            for chunk in (GET_HELLO * 3, b"GET /admin HTTP/1.1\r\nHost: api\r\n\r\n" + GET_HELLO, b"GET /raw/clean HTTP/1.1\r\nHost: api\r\n\r\n"):
+                writer.write(chunk)
+                sent += chunk
+                for _ in range(chunk.count(b"HTTP/1.1\r\n")):
+                    await read_response(reader)
+            writer.close()
+            await eventually(lambda: env.sessions)
+            assert fed["requests"] == [len(sent)]
+            assert len(fed["responses"]) == 1  # one app connection, its responses all passed as they were
+            assert fed["responses"][0] == 4 * len(b"HTTP/1.1 200 \r\nx-app-conn: 1\r\ncontent-length: 5\r\n\r\nhello") + len(RAW["clean"])
+    run(scenario)
+
+
+# ---- the upstream side's observer ------------------------------------------------------------
+
+
+def test_observer_notes_status_of_every_exchange() -> None:
+    seen: list[int] = []
+    obs = Observer(lambda status, seconds: seen.append(status))
+    obs.request_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined
+    obs.response_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no")
+    obs.response_data(b"k")
+    obs.response_data(b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\n")  # HEAD: the body is not there
+    obs.request_data(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    obs.response_data(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    obs.request_data(b"GET /d HTTP/1.0\r\n\r\n")
+    obs.response_data(b"HTTP/1.0 503 Service Unavailable\r\n\r\nuntil the close")
+    assert seen == [200, 404, 201]
+    obs.closed()
+    assert seen == [200, 404, 201, 503]
+
+
+def test_observer_stops_at_a_protocol_switch_or_bytes_it_cannot_follow() -> None:
+    seen: list[int] = []
+    obs = Observer(lambda status, seconds: seen.append(status))
+    obs.request_data(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n\x00\x01")
+    obs.response_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\n\xff")
+    obs.request_data(b"\x00 not http")
+    obs.response_data(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert seen == [101]
+    lost = Observer(lambda status, seconds: seen.append(status))
+    lost.response_data(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # an answer to no request
+    lost.request_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    lost.response_data(b"garbage")
+    lost.closed()
+    assert seen == [101]
+
+
+# ---- remembered decisions ------------------------------------------------------------------
+
+
+def test_decisions_are_remembered_until_the_intentions_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    computed: list[tuple[str, str]] = []
+    real = l7.decide_request
+    monkeypatch.setattr(l7, "decide_request", lambda m, s, d, method, path, h: computed.append((method, path)) or real(m, s, d, method, path, h))
+    current = {"matches": MATCHES}
+    denials: list[tuple[str, str]] = []
+    decide = l7.Decisions(lambda: (current["matches"], False), "web", lambda method, path, reason: denials.append((method, path)))
+    for _ in range(3):
+        assert decide("GET", "/x", [])[0] is True
+        assert decide("GET", "/admin", [])[0] is False
+    assert computed == [("GET", "/x"), ("GET", "/admin")]
+    assert denials == [("GET", "/admin")] * 3  # every refusal is heard of, remembered or not
+    current["matches"] = [{**MATCHES[0], "Permissions": [{"Action": "deny", "HTTP": {"PathPrefix": "/"}}]}]  # a new object
+    assert decide("GET", "/x", [])[0] is False
+    assert computed[-1] == ("GET", "/x")
+    # A permission that reads a header: nothing is remembered, each request is judged with its headers.
+    current["matches"] = [{**MATCHES[0], "Permissions": [http(Header=[{"Name": "x-env", "Exact": "prod"}])]}]
+    assert decide("GET", "/x", [("x-env", "prod")])[0] is True
+    assert decide("GET", "/x", [("x-env", "dev")])[0] is False
+    assert computed[-2:] == [("GET", "/x"), ("GET", "/x")]
 
 
 # ---- the matchers ---------------------------------------------------------------------------

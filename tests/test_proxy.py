@@ -225,6 +225,54 @@ def test_allowed_then_denied_then_allowed(mesh: Mesh, pair: dict[str, Any]):
     eventually(lambda: _reachable(up), timeout=5, what="allowed again")
 
 
+def test_the_l4_pipe_never_parses(monkeypatch: pytest.MonkeyPatch):
+    """The regression guard of the L4 hot path: the pipe copies what it reads, HTTP or not, without a parser."""
+    import asyncio
+
+    import httptools
+
+    from proconsul.agent.proxy import Stats, _Conn
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("the L4 pipe made an HTTP parser")
+
+    monkeypatch.setattr(httptools, "HttpRequestParser", refuse)
+    monkeypatch.setattr(httptools, "HttpResponseParser", refuse)
+    payload = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 50 + bytes(range(256)) * 64
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(data)
+            writer.close()
+
+        app = await asyncio.start_server(echo, "127.0.0.1", 0)
+        stats = Stats({})
+
+        def accept() -> Any:  # as Proxy._accept_inbound and _inbound_l4 wire it, minus TLS and intentions
+            conn = _Conn(stats)
+
+            async def dial() -> None:
+                _, up = await loop.create_connection(lambda: conn.side(False), "127.0.0.1", app.sockets[0].getsockname()[1])
+                conn.attach(up)
+
+            conn.down.on_made = lambda: asyncio.ensure_future(dial())
+            return conn.down
+
+        pipe = await loop.create_server(accept, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", pipe.sockets[0].getsockname()[1])
+        writer.write(payload)
+        assert await reader.readexactly(len(payload)) == payload
+        writer.close()
+        assert (stats.accepted, stats.bytes_in, stats.bytes_out) == (1, len(payload), len(payload))
+        pipe.close()
+        app.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def _tls_to(port: int, cert_pem: str | None, key_pem: str | None, trusts: list[str], workdir: Path) -> bytes:
     """mTLS to a public listener with the given client certificate (None: none); what a GET brings back."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -353,6 +401,23 @@ def test_l7_intention_allows_get_api_and_denies_the_rest(mesh: Mesh):
     assert {"inbound", "denied", "api"} <= routes
     text = mesh.http.get("/v1/agent/metrics", params={"format": "prometheus"}).text
     assert 'consul_proxy_http_request_duration_bucket{le="' in text or "consul_proxy_http_request_duration_bucket{" in text
+
+
+def test_an_http_upstream_without_a_reachable_instance_answers_503(mesh: Mesh):
+    upstream = free_ports(1)[0]
+    r = mesh.http.put("/v1/config", json={"Kind": "service-defaults", "Name": "nowhere", "Protocol": "http"})
+    assert r.status_code == 200, r.text
+    mesh.register({"Name": "nowherec", "Port": 1, "Connect": {"SidecarService": {"Port": free_ports(1)[0], "Proxy": {
+        "Upstreams": [{"DestinationName": "nowhere", "LocalBindPort": upstream}]}}}})
+
+    def answer() -> httpx.Response | None:
+        try:
+            return _get(upstream, "/x")
+        except httpx.HTTPError:
+            return None  # not listening yet, or still taken for a TCP upstream (closed without an answer)
+
+    r = eventually(answer, timeout=30, what="the HTTP upstream's own answer")
+    assert (r.status_code, r.text, r.headers["connection"]) == (503, "upstream connect error", "close")
 
 
 # ----------------------------------------------------------------- streams and rotation
