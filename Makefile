@@ -27,10 +27,8 @@ test: $(STAMP)
 	@command -v ip >/dev/null 2>&1 || (apt-get install -y -q iproute2 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iproute2 >/dev/null 2>&1)) || echo "!!! could not install iproute2: the fault tests' partitions will be skipped"
 	$(BIN)/pytest
 
-# Real-time round-robin priority when allowed (root): on a shared box other work then cannot take the
-# CPU from either side of a comparison; the results record the command.
 bench: $(STAMP)
-	$$(chrt -r 10 true 2>/dev/null && echo chrt -r 10) $(BIN)/python -m bench
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -34,8 +34,8 @@ def machine() -> str:
 
 
 def scheduling() -> str:
-    """``chrt -r N `` when the benchmark runs under a real-time policy (how ``make bench`` runs it on a
-    shared box, so other work cannot take the CPU from either side of a comparison), else ``""``."""
+    """``chrt -r N `` when the benchmark runs under a real-time policy (it keeps other work off a
+    throughput comparison but distorts latencies, so a result says so), else ``""``."""
     try:
         policy = os.sched_getscheduler(0)
     except (AttributeError, OSError):
