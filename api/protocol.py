@@ -194,6 +194,7 @@ class HTTPProtocol(HttpToolsProtocol):
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", reply.body)
         self.transport.write(b"".join(parts))
+        self.transport.flush()  # already whole: no reason to wait for the end of the loop turn
         cycle.response_complete = True
         if not cycle.keep_alive:
             self.transport.close()

@@ -97,8 +97,9 @@ class Server:
         """Listen for RPC, then start Raft now (dev, bootstrap, known peers) or once enough servers joined."""
         self.loop = asyncio.get_running_loop()
         loop = self.loop
-        # Raft applies on this loop (RaftNode ticks here): fire watches once the apply is over.
-        self.state.notify = lambda chs: loop.call_soon(fire_all, chs)
+        # Raft applies on this loop (RaftNode ticks here). Firing a watch only schedules its waiters, so it
+        # happens at once: they are woken before the proposer, whose result is settled after the apply.
+        self.state.notify = fire_all
         self.state.on_tombstone = lambda index: loop.call_soon(self.leader_duties.hint_tombstone, index)
         self.state.on_lock_delay = lambda keys, delay: loop.call_soon(self.lock_delays.record, keys, delay)
         await self.rpc.start(self.config.bind_addr, self.config.server_port)
