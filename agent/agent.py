@@ -656,6 +656,11 @@ class Agent:
             raise
         # What start() built lives as long as the agent: out of the cyclic GC's full passes, which would walk it all
         # a few times a minute under load (tens of ms each, stalling every connection and request on the loop).
+        # FastAPI's part of the HTTP API loads on a thread meanwhile (~45k objects): frozen too once it is there.
+        gc.freeze()
+        for server in (self._http, self._https):
+            if server is not None:
+                await server.config.app.loaded()
         gc.freeze()
         await self._stop.wait()
         log.info("shutting down")

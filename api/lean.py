@@ -226,9 +226,13 @@ class App:
         self._loaded.wait()
         self._fastapi = value
 
-    async def _api(self) -> Any:
+    async def loaded(self) -> None:
+        """Return once FastAPI's part has loaded (or failed to), without blocking the loop."""
         if not self._loaded.is_set():
             await asyncio.get_running_loop().run_in_executor(None, self._loaded.wait)
+
+    async def _api(self) -> Any:
+        await self.loaded()
         if self._load_error is not None:
             raise self._load_error
         return self._fastapi
