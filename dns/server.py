@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import struct
 from typing import Any
 
@@ -37,7 +38,7 @@ class DNSServer:
         self.config = config
         self.resolver = resolver
         self.metrics = metrics
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UDPSocket | None = None
         self._tcp: asyncio.base_events.Server | None = None
         self._recursors = [_recursor_addr(r) for r in config.recursors]
         self._ra = bool(self._recursors)  # Consul: recursion is available only with recursors
@@ -45,7 +46,7 @@ class DNSServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(host, port), reuse_port=False)
+        self._udp = _UDPSocket(self, loop, host, port)
         self._tcp = await loop.create_server(lambda: _TCP(self), host, port, reuse_address=True)
 
     async def stop(self) -> None:
@@ -190,24 +191,52 @@ class _Forward(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, server: DNSServer) -> None:
+class _UDPSocket:
+    """The UDP listener as a bare non-blocking socket the loop watches: each wake-up reads every datagram waiting
+    (up to ``BATCH``) and answers the cached ones on the spot with one ``sendto`` each.
+
+    uvloop's datagram transport costs a callback, an address conversion and a ``sendmsg`` through libuv per
+    packet; this is the loop dnsmasq runs, minus its C. A reply the socket has no room for is dropped, as a
+    full network would drop it: the client asks again."""
+
+    BATCH = 64
+
+    def __init__(self, server: DNSServer, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.loop = loop
+        self.sock = socket.socket(family, kind, proto)
         try:
-            out = self.server.answer_now(data, tcp=False)
-        except Exception:
-            log.exception("dns: unexpected failure")
-            return
-        if out is not None:
-            self.transport.sendto(out, addr)
-        else:
-            self.server.spawn(self._answer(data, addr))
+            self.sock.bind(addr)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.closed = False
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        recvfrom, sendto, answer_now = self.sock.recvfrom, self.sock.sendto, self.server.answer_now
+        for _ in range(self.BATCH):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. ICMP port unreachable reported for an earlier reply
+                log.debug("dns udp: %s", err)
+                continue
+            try:
+                out = answer_now(data, tcp=False)
+            except Exception:
+                log.exception("dns: unexpected failure")
+                continue
+            if out is None:
+                self.server.spawn(self._answer(data, addr))
+                continue
+            try:
+                sendto(out, addr)
+            except OSError as err:
+                log.debug("dns udp: reply to %s dropped: %s", addr, err)
 
     async def _answer(self, data: bytes, addr: Any) -> None:
         try:
@@ -215,11 +244,17 @@ class _UDP(asyncio.DatagramProtocol):
         except Exception:
             log.exception("dns: unexpected failure")
             return
-        if out is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.sendto(out, addr)
+        if out is not None and not self.closed:
+            try:
+                self.sock.sendto(out, addr)
+            except OSError as err:
+                log.debug("dns udp: reply to %s dropped: %s", addr, err)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("dns udp: %s", exc)
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 class _TCP(asyncio.Protocol):
