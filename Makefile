@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# An editable install leaves the package uncompiled; where PYTHONDONTWRITEBYTECODE is set every agent start
+	@# would compile it again (~250 ms of a 0.3 s start).
+	$(BIN)/python -m compileall -q agent api dns server
 	touch $(STAMP)
 
 install: $(STAMP)

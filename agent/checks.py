@@ -35,10 +35,12 @@ import socket
 import ssl
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
+
 
 log = logging.getLogger("proconsul.checks")
 
@@ -390,6 +392,8 @@ class CheckRunner:
     # ------------------------------------------------------------- http
 
     def _http_client(self) -> httpx.AsyncClient:
+        import httpx  # here, not at the top: HTTP checks are the only users in an agent
+
         spec = self.spec
         host = urlsplit(spec.http).hostname or ""
         return httpx.AsyncClient(
@@ -404,6 +408,8 @@ class CheckRunner:
         )
 
     async def _check_http(self) -> None:
+        import httpx
+
         spec = self.spec
         method = (spec.method or "GET").upper()
         op = method[:1] + method[1:].lower()  # Go's urlErrorOp: "Get", "Post"

@@ -7,10 +7,11 @@ Errors become ``APIError`` with Consul's wording ("Unexpected response code:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported where used: ~50-100 ms an agent's start need not pay
 
 DEFAULT_ADDR = "127.0.0.1:8500"
 
@@ -63,6 +64,8 @@ class Client:
         token = token or os.environ.get("PROCONSUL_HTTP_TOKEN") or os.environ.get("CONSUL_HTTP_TOKEN")
         self._headers = {"X-Consul-Token": token} if token else {}
         self._dc = datacenter
+        import httpx
+
         verify = tls_verify() if self.base.startswith("https://") else True
         self._http = httpx.Client(timeout=httpx.Timeout(30.0, read=None), verify=verify)
 
@@ -78,6 +81,8 @@ class Client:
         ok: tuple[int, ...] = (200,),
     ) -> httpx.Response:
         """One call; a status outside ``ok`` (or no answer) raises APIError."""
+        import httpx
+
         params = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
         params = {k: ("" if v is True else v) for k, v in params.items()}
         if self._dc:

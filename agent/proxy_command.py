@@ -15,14 +15,15 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from proconsul.agent.client import APIError, resolve_addr
 from proconsul.agent.proxy import Proxy, ProxySpec, Upstream
 from proconsul.agent.proxy_manager import ConfigError, spec_from_service
 from proconsul.agent.proxy_source import BLOCK_WAIT, HTTPSource
+
+if TYPE_CHECKING:
+    import httpx  # imported where used: `proconsul agent` builds this parser too and never needs httpx
 
 log = logging.getLogger("proconsul.proxy")
 
@@ -80,6 +81,8 @@ async def _find_proxy_id(http: httpx.AsyncClient, target: str) -> str:
 
 
 async def _json(http: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    import httpx
+
     try:
         r = await http.get(path, params=params)
     except httpx.HTTPError as err:
@@ -114,6 +117,8 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     proxy: Proxy | None = None
+    import httpx
+
     try:
         async with httpx.AsyncClient(base_url=base, timeout=BLOCK_WAIT + 30) as http:
             await _json(http, "/v1/agent/self")  # fail at once, in one line, when there is no agent

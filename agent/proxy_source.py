@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import httpx
 
 from proconsul.server import config_entries as ce
 from proconsul.server import intentions as ix
@@ -105,6 +104,8 @@ class HTTPSource:
     """``proconsul connect proxy``'s view of the local agent, through its HTTP API."""
 
     def __init__(self, base_url: str, token: str = "") -> None:
+        import httpx  # here, not at the top: the agent's managed proxies use AgentSource
+
         headers = {"X-Consul-Token": token} if token else {}
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=httpx.Timeout(BLOCK_WAIT + 30, connect=5.0))
         self._views: dict[str, tuple[list[dict[str, Any]], bool]] = {}
@@ -164,6 +165,8 @@ class HTTPSource:
         return lambda: self._views[target]
 
     async def _watch_intentions(self, target: str, index: int, default: bool) -> None:
+        import httpx
+
         backoff = 0.2
         while True:
             try:

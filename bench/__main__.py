@@ -46,12 +46,24 @@ def scheduling() -> str:
     return ""
 
 
+def compile_package() -> None:
+    """Write the package's bytecode before any agent starts, as a pip install does: with PYTHONDONTWRITEBYTECODE
+    set (this machine's shell sets it) an editable install would compile every module at every agent start, about
+    250 ms that no installed agent pays."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("agent", "api", "dns", "server"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 def main() -> None:
     names = sys.argv[1:] or BENCHMARKS
     unknown = [n for n in names if n not in BENCHMARKS and n != REPORT]
     if unknown:
         sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)} (or {REPORT})")
     RESULTS.mkdir(exist_ok=True)
+    compile_package()
     for name in names:
         if name == REPORT:
             continue

@@ -32,11 +32,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import hcl2
-from hcl2.rules.base import AttributeRule, BlockRule, BodyRule
-from hcl2.rules.expressions import ExprTermRule
-from hcl2.rules.literal_rules import IdentifierRule
-
 from proconsul.server.errors import BadRequest
 
 POLICY_DENY = "deny"
@@ -69,9 +64,22 @@ _GO_RULE = {
     "query": ("PreparedQueryRule", "Prefix", False),
 }
 
-_HCL_OPTIONS = hcl2.SerializationOptions(
-    with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
-)
+@lru_cache(maxsize=1)
+def _hcl() -> Any:
+    """python-hcl2 and what the checks below need of it, imported on first use: with lark it takes ~60 ms, a tenth
+    of an agent's start, and most agents never read HCL rules."""
+    from types import SimpleNamespace
+
+    import hcl2
+    from hcl2.rules.base import AttributeRule, BlockRule
+    from hcl2.rules.expressions import ExprTermRule
+    from hcl2.rules.literal_rules import IdentifierRule
+
+    options = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False)
+    return SimpleNamespace(
+        parses=hcl2.parses, options=options, AttributeRule=AttributeRule, BlockRule=BlockRule, ExprTermRule=ExprTermRule,
+        IdentifierRule=IdentifierRule,
+    )
 
 
 class RulesError(BadRequest):
@@ -232,25 +240,26 @@ def _load_json(text: str) -> dict[str, Any]:
 
 
 def _load_hcl(text: str) -> dict[str, Any]:
+    hcl = _hcl()
     try:
-        tree = hcl2.parses(text)
+        tree = hcl.parses(text)
     except Exception as exc:  # lark raises several unrelated classes
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RulesError(f"Failed to parse ACL rules: {first}") from None
-    _check_hcl_body(tree.body)
+    _check_hcl_body(tree.body, hcl)
     try:
-        doc = tree.serialize(_HCL_OPTIONS)
+        doc = tree.serialize(hcl.options)
     except Exception as exc:
         raise RulesError(f"Failed to parse ACL rules: {exc}") from None
     return doc
 
 
-def _check_hcl_body(body: BodyRule) -> None:
+def _check_hcl_body(body: Any, hcl: Any) -> None:
     """Refuse what HCL1 would refuse but HCL2 reads: repeated attributes and bare expressions."""
     seen: set[str] = set()
     for child in body.children:
-        if isinstance(child, AttributeRule):
-            name = child.identifier.serialize(_HCL_OPTIONS)
+        if isinstance(child, hcl.AttributeRule):
+            name = child.identifier.serialize(hcl.options)
             if name in seen:
                 raise RulesError(
                     f"Failed to parse ACL rules: The argument {_go_quote(name)} was already set. "
@@ -258,14 +267,14 @@ def _check_hcl_body(body: BodyRule) -> None:
                 )
             seen.add(name)
             expr = child.expression
-            inner = expr.expression if isinstance(expr, ExprTermRule) else expr
-            if isinstance(inner, IdentifierRule):
+            inner = expr.expression if isinstance(expr, hcl.ExprTermRule) else expr
+            if isinstance(inner, hcl.IdentifierRule):
                 raise RulesError(
                     f"Failed to parse ACL rules: {name}: unknown token: IDENT "
-                    f"{inner.serialize(_HCL_OPTIONS)} (values must be quoted strings)"
+                    f"{inner.serialize(hcl.options)} (values must be quoted strings)"
                 )
-        elif isinstance(child, BlockRule):
-            _check_hcl_body(child.body)
+        elif isinstance(child, hcl.BlockRule):
+            _check_hcl_body(child.body, hcl)
 
 
 def _build(doc: dict[str, Any]) -> Rules:

@@ -7,6 +7,7 @@
 * A response's head and body leave with one write on the socket.
 * What lives as long as the agent, FastAPI's lazily loaded part included, is out of the GC's full passes.
 * Raft messages are framed as zlib streams without being compressed, and pysyncobj's own connection reads them.
+* Starting an agent imports neither httpx, python-hcl2 nor FastAPI.
 """
 
 from __future__ import annotations
@@ -367,3 +368,18 @@ def test_raft_messages_are_framed_as_zlib_but_not_compressed(password):
         assert b"append_entries" in frame
         a.close()
         b.close()
+
+
+def test_starting_an_agent_imports_none_of_the_slow_libraries():
+    """`proconsul agent` gets to a leader in ~0.3 s; httpx (CLI, HTTP checks, the standalone proxy), python-hcl2
+    (HCL ACL rules) and FastAPI (loaded on a thread once the agent runs) would add ~100, ~60 and ~350 ms."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import proconsul.agent.cli as cli; cli.parser(); import proconsul.agent.agent; "
+        "print(' '.join(m for m in ('httpx', 'hcl2', 'lark', 'fastapi', 'pydantic', 'starlette') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == ""
