@@ -38,8 +38,8 @@ def read_route(
 ) -> LeanRoute:
     """A lean GET route for one catalog or health read keyed by the path's last segment.
 
-    ``encoded``: the endpoint can answer compact JSON ready to send (see EncodedCatalogQuery); asked
-    for unless the reply is to be pretty. A forwarded read still comes back as plain values.
+    ``encoded``: the endpoint can answer JSON ready to send, compact or pretty (see EncodedCatalogQuery).
+    A forwarded read still comes back as plain values.
     """
     pretty_always = agent.config.dev
 
@@ -51,8 +51,8 @@ def read_route(
         pretty = pretty_always or "pretty" in q
         query = catalog_query(name, q, req.headers)
         query.connect = connect
-        if encoded and not pretty:
-            query = EncodedCatalogQuery.of(query)
+        if encoded:
+            query = EncodedCatalogQuery.of(query, pretty)
         reply = await agent.rpc(method, query)
         if isinstance(reply.value, EncodedJSON):
             return Reply(200, reply.value.body, [JSON, *meta_headers(reply.meta)])

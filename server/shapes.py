@@ -9,6 +9,7 @@ the hot /v1/health/service read.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from typing import Any, Hashable, Sequence
 
@@ -233,11 +234,12 @@ class HealthEntryCache:
     def __init__(self, max_entries: int = 32768) -> None:
         self.max_entries = max_entries
         self.builds = 0  # entries encoded so far (tests count them to see the cache hit)
-        self._groups: OrderedDict[Hashable, dict[tuple[str, str], tuple[Node, ServiceInstance, Sequence[HealthCheck], bytes]]] = OrderedDict()
+        self._groups: OrderedDict[Hashable, dict[tuple[str, str], list[Any]]] = OrderedDict()  # [node, svc, checks, compact, pretty or None]
         self._size = 0
 
-    def encode(self, group: Hashable, rows: list[HealthRow], chosen: list[HealthRow]) -> EncodedJSON:
-        """The JSON list of ``chosen``'s entries (``chosen`` is a sublist of ``rows``, everything the read returned)."""
+    def encode(self, group: Hashable, rows: list[HealthRow], chosen: list[HealthRow], pretty: bool = False) -> EncodedJSON:
+        """The JSON list of ``chosen``'s entries (``chosen`` is a sublist of ``rows``, everything the read returned);
+        ``pretty``: as Consul's ``?pretty`` (and dev mode) writes it, 4-space indents and a final newline."""
         entries = self._groups.pop(group, None)
         if entries is None:
             entries = {}
@@ -247,10 +249,15 @@ class HealthEntryCache:
             key = (node.node, svc.service_id)
             hit = entries.get(key)
             if hit is None or hit[0] is not node or hit[1] is not svc or hit[2] != checks:
-                hit = (node, svc, checks, compact_json(health_entry_json(node, svc, checks)))
+                hit = [node, svc, checks, compact_json(health_entry_json(node, svc, checks)), None]
                 entries[key] = hit
                 self.builds += 1
-            parts += (hit[3], b",")
+            if pretty:
+                if hit[4] is None:  # the entry as an element of an indented list: every line 4 spaces in
+                    hit[4] = b"\n    " + json.dumps(health_entry_json(node, svc, checks), indent=4).replace("\n", "\n    ").encode()
+                parts += (hit[4], b",")
+            else:
+                parts += (hit[3], b",")
         if len(entries) > len(rows):
             # Only instances the read once returned get entries: more entries than rows means some are gone.
             live = {(node.node, svc.service_id) for node, svc, _ in rows}
@@ -261,9 +268,9 @@ class HealthEntryCache:
             _, dropped = self._groups.popitem(last=False)
             self._size -= len(dropped)
         if len(parts) > 1:
-            parts[-1] = b"]"  # the last comma
+            parts[-1] = b"\n]\n" if pretty else b"]"  # the last comma
         else:
-            parts.append(b"]")
+            parts.append(b"]\n" if pretty else b"]")
         return EncodedJSON(b"".join(parts))  # one copy of the body
 
 

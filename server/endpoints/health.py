@@ -77,12 +77,15 @@ async def health_checks_in_state(srv: Any, args: CatalogQuery, hops: int) -> Que
 
 @dataclass
 class EncodedCatalogQuery(CatalogQuery):
-    """A CatalogQuery from an in-process caller that takes Health.ServiceNodes' answer as ``shapes.EncodedJSON``."""
+    """A CatalogQuery from an in-process caller that takes Health.ServiceNodes' answer as ``shapes.EncodedJSON``
+    (indented as ``?pretty`` asks when ``pretty``)."""
+
+    pretty: bool = False
 
     @classmethod
-    def of(cls, query: CatalogQuery) -> "EncodedCatalogQuery":
+    def of(cls, query: CatalogQuery, pretty: bool = False) -> "EncodedCatalogQuery":
         """The same query, marked."""
-        return cls(**{f.name: getattr(query, f.name) for f in fields(CatalogQuery)})
+        return cls(**{f.name: getattr(query, f.name) for f in fields(CatalogQuery)}, pretty=pretty)
 
 
 _ENTRY_CACHES: "weakref.WeakKeyDictionary[Any, shapes.HealthEntryCache]" = weakref.WeakKeyDictionary()
@@ -143,16 +146,16 @@ def _instance_selector(args: CatalogQuery) -> Callable[[list], list]:
     return select
 
 
-def _encoded_plan(srv: Any, caller: Resolved, args: CatalogQuery, select: Callable[[list], list]) -> tuple[Callable[[Any], Any], Any]:
+def _encoded_plan(srv: Any, caller: Resolved, args: EncodedCatalogQuery, select: Callable[[list], list]) -> tuple[Callable[[Any], Any], Any]:
     """(shape, acl_filter) answering ``shapes.EncodedJSON`` from the entry cache; no ?filter here.
 
     As on the plain path the ACL check runs after the request's filters, so the filtered header
     only reports rows the token hid; it looks at the rows' node and service names, which are what
     the plain path reads back from the shaped entries.
     """
-    cache, group = entry_cache(srv), (args.name.lower(), args.connect)
+    cache, group, pretty = entry_cache(srv), (args.name.lower(), args.connect), args.pretty
     if caller.unrestricted:
-        return (lambda rows: cache.encode(group, rows, select(rows))), None
+        return (lambda rows: cache.encode(group, rows, select(rows), pretty)), None
     allowed = service_node_readable(caller, args)
 
     def acl_filter(rows: list) -> tuple[tuple[list, list], bool]:
@@ -160,7 +163,7 @@ def _encoded_plan(srv: Any, caller: Resolved, args: CatalogQuery, select: Callab
         kept = [row for row in chosen if allowed(row[0].node, row[1].service_name)]
         return (rows, kept), len(kept) != len(chosen)
 
-    return (lambda value: cache.encode(group, *value)), acl_filter
+    return (lambda value: cache.encode(group, *value, pretty)), acl_filter
 
 
 def _checks_plan(caller: Resolved, shape: Callable[[list], list]) -> tuple[Callable[[Any], Any], Any]:
