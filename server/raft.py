@@ -73,6 +73,7 @@ import base64
 import json
 import logging
 import os
+import select
 import struct
 import time
 import zlib
@@ -227,16 +228,19 @@ class _LoopPoller:
     def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
         self._loop = loop
         self._wake = wake
+        self._readers: dict[int, Callable[[int, int], None]] = {}
 
     def subscribe(self, descr: int, callback: Callable[[int, int], None], event_mask: int) -> None:
         self.unsubscribe(descr)
         # An error shows up as readiness to read (or write while connecting): the handler finds it.
         if event_mask & (POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR):
+            self._readers[descr] = callback
             self._loop.add_reader(descr, self._fire, callback, descr, POLL_EVENT_TYPE.READ)
         if event_mask & POLL_EVENT_TYPE.WRITE:
             self._loop.add_writer(descr, self._fire, callback, descr, POLL_EVENT_TYPE.WRITE)
 
     def unsubscribe(self, descr: int) -> None:
+        self._readers.pop(descr, None)
         try:
             self._loop.remove_reader(descr)
             self._loop.remove_writer(descr)
@@ -245,6 +249,24 @@ class _LoopPoller:
 
     def poll(self, timeout: float) -> None:
         return None
+
+    def read_waiting(self) -> None:
+        """Hand pysyncobj what its sockets hold already. After the loop was busy elsewhere, the loop runs its
+        timers before it polls: a follower's periodic tick would judge the leader silent (and stand for election)
+        with the leader's heartbeats unread in its socket."""
+        if not self._readers:
+            return
+        try:
+            ready, _, _ = select.select(list(self._readers), [], [], 0)
+        except (OSError, ValueError):  # a socket closed meanwhile: its handler has been told, or will be
+            return
+        for descr in ready:
+            callback = self._readers.get(descr)
+            if callback is not None:
+                try:
+                    callback(descr, POLL_EVENT_TYPE.READ)
+                except Exception:
+                    log.exception("raft socket handler failed")
 
     def _fire(self, callback: Callable[[int, int], None], descr: int, event: int) -> None:
         try:
@@ -352,6 +374,7 @@ class RaftNode:
         self._tuning = tuning
         self._listen = listen
         self._sync: _SyncObj | None = None
+        self._poller: _LoopPoller | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_pending = False
@@ -416,7 +439,7 @@ class RaftNode:
         """Bind the raft port and start ticking on ``loop`` (its thread); raises OSError if the port cannot be bound."""
         self._loop = loop
         try:
-            poller = _LoopPoller(loop, self._tick_now)
+            self._poller = poller = _LoopPoller(loop, self._tick_now)
             self._sync = _SyncObj(self.self_addr, self._initial_peers, self._conf(), self.fsm, self._listen, poller)
         except Exception as err:
             raise OSError(f"cannot bind raft address {self._bind_addr}: {err}") from None
@@ -450,6 +473,8 @@ class RaftNode:
         # Timers (heartbeats, elections, reconnects) need ticks when no socket or proposal asks for one.
         if self._stopping:
             return
+        if self._poller is not None:
+            self._poller.read_waiting()
         self._tick()
         self._timer = self._loop.call_later(TICK_PERIOD, self._periodic)
 
