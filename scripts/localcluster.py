@@ -91,14 +91,31 @@ def load(compose: Path = COMPOSE) -> list[Service]:
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct free TCP ports (held together while chosen, so they differ)."""
-    socks = []
+    """``n`` distinct ports free for TCP and for UDP (held together while chosen, so they differ).
+
+    Both, because an agent's DNS port takes both: a port free for TCP can still be some process's ephemeral
+    UDP port (a DNS client's, a recursor query's), and the agent would stop with "Address already in use"."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        for _ in range(100 * n):
+            if len(ports) == n:
+                break
+            tcp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            tcp.bind((host, 0))
+            socks.append(tcp)
+            port = tcp.getsockname()[1]
+            udp = socket.socket(tcp.family, socket.SOCK_DGRAM)
+            try:
+                udp.bind((host, port))
+            except OSError:
+                udp.close()
+                continue
+            socks.append(udp)
+            ports.append(port)
+        if len(ports) < n:
+            raise RuntimeError(f"found {len(ports)} of {n} ports free for both TCP and UDP on {host}")
+        return ports
     finally:
         for s in socks:
             s.close()

@@ -27,6 +27,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import httpx
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from localcluster import free_ports  # noqa: E402  (scripts/ is not a package; one implementation for tests, benchmarks and local clusters)
+
 T = TypeVar("T")
 
 PROCONSUL = shutil.which("proconsul", path=str(Path(sys.executable).parent)) or shutil.which("proconsul")
@@ -67,20 +70,6 @@ def eventually(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s{': ' + what if what else ''} (last: {last!r})")
         time.sleep(interval)
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass(eq=False)
