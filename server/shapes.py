@@ -233,8 +233,8 @@ class HealthEntryCache:
 
     def __init__(self, max_entries: int = 32768) -> None:
         self.max_entries = max_entries
-        self.builds = 0  # entries encoded so far (tests count them to see the cache hit)
-        self._groups: OrderedDict[Hashable, dict[tuple[str, str], list[Any]]] = OrderedDict()  # [node, svc, checks, compact, pretty or None]
+        self.builds = 0  # entries encoded so far, in either form (tests count them to see the cache hit)
+        self._groups: OrderedDict[Hashable, dict[tuple[str, str], list[Any]]] = OrderedDict()  # [node, svc, checks, compact, pretty] (None: not yet)
         self._size = 0
 
     def encode(self, group: Hashable, rows: list[HealthRow], chosen: list[HealthRow], pretty: bool = False) -> EncodedJSON:
@@ -245,19 +245,18 @@ class HealthEntryCache:
             entries = {}
         self._size -= len(entries)
         parts = [b"["]
+        form = 4 if pretty else 3  # each form is encoded when first asked for
         for node, svc, checks in chosen:
             key = (node.node, svc.service_id)
             hit = entries.get(key)
             if hit is None or hit[0] is not node or hit[1] is not svc or hit[2] != checks:
-                hit = [node, svc, checks, compact_json(health_entry_json(node, svc, checks)), None]
-                entries[key] = hit
+                hit = entries[key] = [node, svc, checks, None, None]
+            if hit[form] is None:
+                entry = health_entry_json(node, svc, checks)
+                # Pretty: the entry as an element of an indented list, every line 4 spaces in.
+                hit[form] = b"\n    " + json.dumps(entry, indent=4).replace("\n", "\n    ").encode() if pretty else compact_json(entry)
                 self.builds += 1
-            if pretty:
-                if hit[4] is None:  # the entry as an element of an indented list: every line 4 spaces in
-                    hit[4] = b"\n    " + json.dumps(health_entry_json(node, svc, checks), indent=4).replace("\n", "\n    ").encode()
-                parts += (hit[4], b",")
-            else:
-                parts += (hit[3], b",")
+            parts += (hit[form], b",")
         if len(entries) > len(rows):
             # Only instances the read once returned get entries: more entries than rows means some are gone.
             live = {(node.node, svc.service_id) for node, svc, _ in rows}

@@ -454,14 +454,12 @@ class Nemesis:
             s.wait_ready(60)
 
     def kill_random(self) -> str:
-        s = self.rng.choice(self.cluster.servers)
-        s.kill()
-        time.sleep(self.hold)
-        s.start()
-        return s.name
+        return self._kill_and_restart(self.rng.choice(self.cluster.servers))
 
     def kill_leader(self) -> str:
-        s = self.leader()
+        return self._kill_and_restart(self.leader())
+
+    def _kill_and_restart(self, s: AgentProc) -> str:
         s.kill()
         time.sleep(self.hold)
         s.start()
@@ -475,19 +473,16 @@ class Nemesis:
         return s.name
 
     def isolate_random(self) -> str:
-        if self.cluster.lab is None:
-            print("nemesis: SKIPPED isolating a server: no network namespaces", flush=True)
-            return "skipped"
-        s = self.rng.choice(self.cluster.servers)
-        self.cluster.lab.isolate(s.name, [o.name for o in self.cluster.servers])
-        time.sleep(self.hold)
-        return s.name
+        return self._isolate("a server", lambda: self.rng.choice(self.cluster.servers))
 
     def isolate_leader(self) -> str:
+        return self._isolate("the leader", self.leader)
+
+    def _isolate(self, what: str, choose: Callable[[], AgentProc]) -> str:
         if self.cluster.lab is None:
-            print("nemesis: SKIPPED isolating the leader: no network namespaces", flush=True)
+            print(f"nemesis: SKIPPED isolating {what}: no network namespaces", flush=True)
             return "skipped"
-        s = self.leader()
+        s = choose()
         self.cluster.lab.isolate(s.name, [o.name for o in self.cluster.servers])
         time.sleep(self.hold)
         return s.name
