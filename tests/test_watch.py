@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -283,3 +284,38 @@ def test_interrupt_while_the_handler_runs_is_passed_on_and_exits_0(watch, tmp_pa
     eventually(lambda: marks.exists() and "started" in marks.read_text(), what="the handler started")
     assert w.stop() == 0
     assert eventually(lambda: "interrupted" in marks.read_text(), what="the handler got the SIGINT")
+
+
+def test_a_signal_stops_the_watch_whatever_the_plan_is_doing(tmp_path: Path):
+    """The watch must not depend on its plan noticing a signal. Raised in the plan's code (as a KeyboardInterrupt
+    from a Python handler), a signal that landed just before a blocking read began was lost, and the read went on
+    until the agent answered: a clean-clone CI run's watch ignored SIGTERM for 10 s, ~1 in 300 runs under load.
+    Here the plan blocks both signals in its thread, then reads a pipe nobody writes to: only a main thread that
+    waits on the signals itself can stop it (the old code hung here every time)."""
+    ready = tmp_path / "ready"
+    program = textwrap.dedent(f"""\
+        import os, signal, sys
+        from pathlib import Path
+        from proconsul.agent import watch
+        from proconsul.agent.client import Client
+
+        def fetch(client, last):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGINT, signal.SIGTERM}})
+            r, _ = os.pipe()
+            Path({str(ready)!r}).write_text("in the read")
+            os.read(r, 1)
+
+        sys.exit(watch.execute(watch.Plan("test", fetch), Client("127.0.0.1:1"), ["true"]))
+        """)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        ready.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE)
+        try:
+            eventually(ready.exists, what="the plan's blocking read")
+            proc.send_signal(sig)
+            assert proc.wait(timeout=10) == 0, proc.stderr.read().decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+            proc.stderr.close()
