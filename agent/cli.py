@@ -766,12 +766,11 @@ def cmd_session_destroy(args: argparse.Namespace) -> int:
 
 def cmd_lock(args: argparse.Namespace) -> int:
     """Consul's `lock`: hold a lock (or a semaphore slot with -n) under PREFIX while CHILD runs."""
-    import shlex
-    import signal
     import subprocess
     import threading
 
     from proconsul.agent.lock import Lock, LockError, Semaphore
+    from proconsul.agent.signals import received, run_until_signal, signals_to_pipe
     from proconsul.server.durations import parse_duration
 
     if not args.child:
@@ -792,39 +791,33 @@ def cmd_lock(args: argparse.Namespace) -> int:
     else:
         holder = Semaphore(client, prefix, args.n, session_name=name)
     stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    try:
-        acquired = holder.acquire(timeout=wait, stop=stop)
-    except LockError as err:
-        raise CLIError(f"Lock acquisition failed: {err}") from None
-    if not acquired:
-        raise CLIError("Shutdown triggered or timeout during lock acquisition")
-    if args.verbose:
-        sys.stderr.write(f"Lock acquired on {prefix}\n")
-    argv = ["/bin/sh", "-c", child_text] if args.shell else args.child
-    child = subprocess.Popen(argv, start_new_session=True, stdin=None if args.pass_stdin else subprocess.DEVNULL)
-    forwarded = 0
-    try:
-        while child.poll() is None:
-            if holder.lost.is_set() and not stop.is_set():
-                sys.stderr.write("Lock lost, killing child\n")
-                _kill_group(child)
-                break
-            if len(received) > forwarded:
-                for sig in received[forwarded:]:
+    with signals_to_pipe() as wake:
+        try:
+            # In a thread: a blocking read of the held key lasts up to 15 s, and a signal must not wait for it.
+            acquired, sig = run_until_signal(lambda: holder.acquire(timeout=wait, stop=stop), wake, "lock-acquire")
+        except LockError as err:
+            raise CLIError(f"Lock acquisition failed: {err}") from None
+        if sig is not None:
+            stop.set()
+            holder.abandon()
+        if not acquired:
+            raise CLIError("Shutdown triggered or timeout during lock acquisition")
+        if args.verbose:
+            sys.stderr.write(f"Lock acquired on {prefix}\n")
+        argv = ["/bin/sh", "-c", child_text] if args.shell else args.child
+        child = subprocess.Popen(argv, start_new_session=True, stdin=None if args.pass_stdin else subprocess.DEVNULL)
+        try:
+            while child.poll() is None:
+                if holder.lost.is_set() and not stop.is_set():
+                    sys.stderr.write("Lock lost, killing child\n")
+                    _kill_group(child)
+                    break
+                for sig in received(wake, timeout=0.05):
+                    stop.set()
                     _signal_group(child, sig)
-                forwarded = len(received)
-            time.sleep(0.05)
-        rc = child.wait()
-    finally:
-        holder.release()
+            rc = child.wait()
+        finally:
+            holder.release()
     if args.verbose:
         sys.stderr.write(f"Child exited with code {rc}; lock released\n")
     return 2 if args.child_exit_code and rc != 0 else 0

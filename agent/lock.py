@@ -121,6 +121,13 @@ class Lock:
 
         threading.Thread(target=watch, name="lock-monitor", daemon=True).start()
 
+    def abandon(self) -> None:
+        """Give up while ``acquire`` may still block in a read in another thread: destroy the session, which also
+        frees the key if ``acquire`` got it meanwhile."""
+        session = self.session
+        if session is not None:
+            session.close()
+
     def release(self) -> None:
         """Release the key and destroy the session (Consul's Unlock)."""
         if self.session is None:
@@ -201,7 +208,7 @@ class Semaphore:
                 self._monitor()
                 return True
             index = 0  # lost the CAS race: read again at once
-        self._abandon()
+        self.abandon()
         return False
 
     def _monitor(self) -> None:
@@ -219,7 +226,9 @@ class Semaphore:
 
         threading.Thread(target=watch, name="semaphore-monitor", daemon=True).start()
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
+        """Leave the contenders: delete our contender key and destroy the session (safe while ``acquire`` blocks
+        in another thread)."""
         if self.session is None:
             return
         try:
@@ -245,4 +254,4 @@ class Semaphore:
             del doc["Holders"][self.session.id]
             if self.client.kv_put(self.lock_key, json.dumps(doc).encode(), cas=entry["ModifyIndex"], flags=SEMAPHORE_FLAG):
                 break
-        self._abandon()
+        self.abandon()

@@ -27,19 +27,18 @@ the handler after about half of all fires).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from urllib.parse import quote
 
 from proconsul.agent.client import APIError, Client
+from proconsul.agent.signals import run_until_signal, signals_to_pipe
 
 RETRY_INTERVAL = 5.0  # seconds; Consul's retryInterval
 MAX_BACKOFF = 180.0  # Consul's maxBackoffTime
@@ -329,59 +328,21 @@ def _stdout_line(text: str) -> None:
 
 def execute(plan: Plan, client: Client, child: list[str], shell: bool = True) -> int:
     """`consul watch`: run until SIGINT or SIGTERM (exit 0) or a failed child (exit 1); with no child, print
-    the current value once and exit 0.
-
-    The plan runs in a thread of its own; the main thread waits in ``select`` for the plan to end or for a
-    byte on the signal wake-up pipe, which the C-level handler writes the moment a signal arrives. A
-    handler that raises KeyboardInterrupt instead (what this did before) loses a signal that lands just
-    before a blocking read starts: the read then waits for the agent's next answer, minutes away.
-    """
+    the current value once and exit 0. The plan runs in a thread, so a signal stops it wherever it is (see
+    ``signals``)."""
     stop = threading.Event()
     handler: Callable[[int, Any], None]
     runner = ChildHandler(child, shell, stop) if child else None
     handler = runner if runner is not None else print_once(_stdout_line, stop)
-    crashed: list[BaseException] = []
-    done_r, done_w = os.pipe()
-
-    def plan_thread() -> None:
-        try:
-            run(plan, client, handler, stop)
-        except BaseException as err:  # handed to the main thread, which reports it
-            crashed.append(err)
-        finally:
-            os.write(done_w, b".")
-
-    with _signals_to_pipe((signal.SIGINT, signal.SIGTERM)) as wake:
-        threading.Thread(target=plan_thread, name="watch", daemon=True).start()
-        ready, _, _ = select.select([wake, done_r], [], [])
-        if wake in ready:
+    with signals_to_pipe() as wake:
+        _, sig = run_until_signal(lambda: run(plan, client, handler, stop), wake, "watch")
+        if sig is not None:
             stop.set()
             if runner is not None:
-                runner.forward(os.read(wake, 64)[-1])  # the last signal; a repeat while forwarding is ignored
-            return 0  # the plan's thread may be blocked in a read (and write ``done_w``): it ends with the process
-    os.close(done_r)
-    os.close(done_w)
+                runner.forward(sig)  # inside: a repeated signal while the child stops is ignored
+            return 0
     client.close()
-    if crashed:
-        raise crashed[0]
     if runner is not None and runner.failed:
         sys.stderr.write(runner.failed + "\n")
         return 1
     return 0
-
-
-@contextlib.contextmanager
-def _signals_to_pipe(signals: tuple[int, ...]) -> Iterator[int]:
-    """While inside: ``signals`` do nothing in Python but each writes its number to the returned pipe end."""
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in signals}
-    old_fd = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    try:
-        yield wake_r
-    finally:
-        signal.set_wakeup_fd(old_fd)
-        for sig, action in previous.items():
-            signal.signal(sig, action)
-        os.close(wake_r)
-        os.close(wake_w)

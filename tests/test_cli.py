@@ -179,3 +179,50 @@ def test_join_reload_and_members(dev_agent):
     assert ok(run(dev_agent, "reload")) == "Configuration reload triggered\n"
     out = ok(run(dev_agent, "members"))
     assert out.splitlines()[0].split()[:3] == ["Node", "Address", "Status"] and "alive" in out
+
+
+@pytest.mark.parametrize("limit", ["1", "2"])
+def test_lock_waiting_for_a_held_lock_stops_at_once_on_a_signal(dev_agent, tmp_path: Path, limit: str):
+    """Consul's lock gives up acquiring on SIGINT/SIGTERM; ours waited for its blocking read (up to 15 s) first.
+    Now it exits 1 within a couple of seconds, and its session is gone (the holder's stays)."""
+    import signal
+    import time
+
+    from conftest import eventually
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_HTTP_ADDR")}
+    env["CONSUL_HTTP_ADDR"] = f"127.0.0.1:{dev_agent.http_port}"
+    prefix = f"cli/lock-signal-{limit}"
+
+    def sessions() -> list[str]:
+        return [s["Name"] for s in dev_agent.http.get("/v1/session/list").json() if prefix in s["Name"]]
+
+    def lock(*child: str) -> subprocess.Popen:
+        return subprocess.Popen([PROCONSUL, "lock", "-n", limit, prefix, *child], env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    holders = [lock("sleep", "60") for _ in range(int(limit))]
+    waiter = None
+    try:
+        eventually(lambda: len(sessions()) == int(limit), what="the holders' sessions")
+        time.sleep(0.5)  # the holders have their slots
+        waiter = lock("true")
+        eventually(lambda: len(sessions()) == int(limit) + 1, what="the waiter's session")
+        time.sleep(0.5)  # the waiter is in its blocking read
+        started = time.monotonic()
+        waiter.send_signal(signal.SIGTERM)
+        assert waiter.wait(timeout=10) == 1
+        assert time.monotonic() - started < 3
+        err = waiter.stderr.read().decode()
+        assert err.strip() == "Shutdown triggered or timeout during lock acquisition" and "Traceback" not in err
+        assert len(sessions()) == int(limit)
+        for p in holders:  # a signal while holding goes to the child; its end releases the lock
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(timeout=10) for p in holders] == [0] * len(holders)
+        assert sessions() == []
+    finally:
+        for p in [*holders, *([waiter] if waiter else [])]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+            p.stderr.close()
