@@ -12,7 +12,6 @@ import base64
 import os
 import secrets
 import sys
-import time
 from typing import Any, Callable, NoReturn
 
 from proconsul.agent.client import APIError, Client
