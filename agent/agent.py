@@ -132,6 +132,7 @@ class Agent:
         self._http: _Uvicorn | None = None
         self._https: _Uvicorn | None = None
         self._tasks: list[asyncio.Task] = []
+        self._heartbeat_round = asyncio.Lock()  # held while a heartbeat is out; leaving takes it to wait for it
         self._stop = asyncio.Event()
         self._register_gauges()
 
@@ -201,7 +202,8 @@ class Agent:
         unreachable_logged = False
         while True:
             try:
-                reply = await self.rpc("Internal.Heartbeat", req, timeout=HEARTBEAT_TIMEOUT)
+                async with self._heartbeat_round:
+                    reply = await self.rpc("Internal.Heartbeat", req, timeout=HEARTBEAT_TIMEOUT)
                 if self.router is not None:
                     self.router.update(reply.servers)
                 if not self.connected:
@@ -498,12 +500,25 @@ class Agent:
 
     async def leave(self) -> None:
         """Leave the cluster gracefully (the node leaves the catalog; a server leaves Raft), then shut down."""
+        await self._quiesce()
         try:
             await self.rpc("Internal.Leave", MemberRequest(name=self.config.node_name, token=self.agent_token()))
             log.info("left the cluster")
         except ProconsulError as err:
             log.warning("leaving the cluster: %s", err)
         self._stop.set()
+
+    async def _quiesce(self) -> None:
+        """Stop heartbeats and catalog syncs, waiting for any that is out: one the leader handled after our
+        Leave would bring the node back as alive (seen in a test: alive again 1 ms after it left)."""
+        for task, round_lock in (("heartbeat", self._heartbeat_round), ("anti-entropy", self.ae.round)):
+            try:
+                await asyncio.wait_for(round_lock.acquire(), HEARTBEAT_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("leaving: a %s call is still out after %.0f s; leaving anyway", task, HEARTBEAT_TIMEOUT)
+            for t in self._tasks:
+                if t.get_name() == task:
+                    t.cancel()  # waiting for its next round or for the lock: it sends nothing more
 
     # ------------------------------------------------------------- metrics
 

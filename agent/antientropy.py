@@ -49,6 +49,7 @@ class AntiEntropy:
         self.agent = agent
         self.local = agent.local
         self._wake = asyncio.Event()
+        self.round = asyncio.Lock()  # held while a sync's RPCs are out; leaving takes it to wait for them
         self._full_needed = True
         self.full_syncs = 0
         self.partial_syncs = 0
@@ -76,13 +77,14 @@ class AntiEntropy:
             self._wake.clear()
             full = self._full_needed or loop.time() >= next_full
             try:
-                if full:
-                    self._full_needed = False
-                    await self.sync_full()
-                    # Consul's ae: Interval + rand[0, Interval) for clusters up to 128 nodes.
-                    next_full = loop.time() + interval + random.random() * interval
-                else:
-                    await self.sync_changes()
+                async with self.round:
+                    if full:
+                        self._full_needed = False
+                        await self.sync_full()
+                        # Consul's ae: Interval + rand[0, Interval) for clusters up to 128 nodes.
+                        next_full = loop.time() + interval + random.random() * interval
+                    else:
+                        await self.sync_changes()
                 backoff = 0.5
             except Exception as err:  # never let the sync loop die: the next round may succeed
                 if isinstance(err, PermissionDenied):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -93,3 +94,51 @@ async def test_in_sync_services_are_not_pushed_again():
     await ae.sync_changes()
     await ae.sync_changes()
     assert writes(agent) == [("register", "api")]
+
+
+async def test_leaving_waits_for_the_heartbeat_and_sync_that_are_out_and_sends_nothing_after():
+    """A heartbeat the leader handles after our Leave makes the node alive again (a clean-clone run saw the left
+    client back in the catalog 1 ms after it left). So the agent waits for the heartbeat and catalog sync that are
+    out, stops both loops, and only then sends Internal.Leave."""
+    from proconsul.agent import config
+    from proconsul.agent.agent import Agent
+    from proconsul.server.structs import HeartbeatReply
+
+    agent = Agent(config.build({"dev": True, "node_name": "leaver", "port_http": -1, "port_dns": -1}, [], []))
+    agent.config = dataclasses.replace(agent.config, liveness_interval=0.01)
+    calls: list[str] = []
+    held = {"Internal.Heartbeat": asyncio.Event(), "Catalog.Register": asyncio.Event()}
+
+    async def rpc(method: str, args: Any, timeout: float | None = None) -> Any:
+        calls.append(method)
+        gate = held.get(method)
+        if gate is not None and calls.count(method) == 3:  # the third of each is held open
+            await gate.wait()
+        if method == "Internal.Heartbeat":
+            return HeartbeatReply(servers=[], leader="")
+        if method == "Catalog.NodeServiceList":
+            return QueryReply(QueryMeta(), {"Node": None, "Services": []})
+        if method == "Health.NodeChecks":
+            return QueryReply(QueryMeta(), [])
+        return True
+
+    agent.rpc = rpc  # type: ignore[method-assign]
+    agent._tasks = [asyncio.create_task(agent._heartbeat_loop(), name="heartbeat"),
+                    asyncio.create_task(agent.ae.run(), name="anti-entropy")]
+    for i in range(3):
+        agent.local.add_service(parse_service({"Name": f"s{i}"}))
+        await asyncio.sleep(0.05)
+    assert calls.count("Internal.Heartbeat") == 3 and calls.count("Catalog.Register") >= 3  # both held open now
+    leaving = asyncio.create_task(agent.leave())
+    await asyncio.sleep(0.1)
+    assert "Internal.Leave" not in calls
+    held["Internal.Heartbeat"].set()
+    await asyncio.sleep(0.1)
+    assert "Internal.Leave" not in calls
+    held["Catalog.Register"].set()
+    await asyncio.wait_for(leaving, 5)
+    assert calls[-1] == "Internal.Leave"
+    agent.local.add_service(parse_service({"Name": "late"}))
+    await asyncio.sleep(0.1)
+    assert calls[-1] == "Internal.Leave"  # neither loop sends anything after the leave
+    assert all(t.done() for t in agent._tasks)
