@@ -511,9 +511,11 @@ class Agent:
     async def _quiesce(self) -> None:
         """Stop heartbeats and catalog syncs, waiting for any that is out: one the leader handled after our
         Leave would bring the node back as alive (seen in a test: alive again 1 ms after it left)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HEARTBEAT_TIMEOUT  # one wait for both: a cut-off agent leaves (or fails to) in 10 s
         for task, round_lock in (("heartbeat", self._heartbeat_round), ("anti-entropy", self.ae.round)):
             try:
-                await asyncio.wait_for(round_lock.acquire(), HEARTBEAT_TIMEOUT)
+                await asyncio.wait_for(round_lock.acquire(), max(0.01, deadline - loop.time()))
             except asyncio.TimeoutError:
                 log.warning("leaving: a %s call is still out after %.0f s; leaving anyway", task, HEARTBEAT_TIMEOUT)
             for t in self._tasks:
