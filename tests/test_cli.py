@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -197,6 +198,16 @@ def test_lock_waiting_for_a_held_lock_stops_at_once_on_a_signal(dev_agent, tmp_p
     def sessions() -> list[str]:
         return [s["Name"] for s in dev_agent.http.get("/v1/session/list").json() if prefix in s["Name"]]
 
+    def holding() -> int:
+        """How many hold the lock (0 or 1) or semaphore slots, from its .lock key."""
+        resp = dev_agent.http.get(f"/v1/kv/{prefix}/.lock")
+        if resp.status_code != 200:
+            return 0
+        entry = resp.json()[0]
+        if limit == "1":
+            return 1 if entry.get("Session") else 0
+        return len(json.loads(base64.b64decode(entry["Value"]))["Holders"])
+
     def lock(*child: str) -> subprocess.Popen:
         return subprocess.Popen([PROCONSUL, "lock", "-n", limit, prefix, *child], env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -204,11 +215,12 @@ def test_lock_waiting_for_a_held_lock_stops_at_once_on_a_signal(dev_agent, tmp_p
     holders = [lock("sleep", "60") for _ in range(int(limit))]
     waiter = None
     try:
-        eventually(lambda: len(sessions()) == int(limit), what="the holders' sessions")
-        time.sleep(0.5)  # the holders have their slots
+        eventually(lambda: holding() == int(limit), what="the holders holding")
         waiter = lock("true")
         eventually(lambda: len(sessions()) == int(limit) + 1, what="the waiter's session")
-        time.sleep(0.5)  # the waiter is in its blocking read
+        # No outside sign shows the waiter inside its blocking read (what the old code could not leave); its
+        # first, non-blocking read takes a few ms, so half a second puts it there.
+        time.sleep(0.5)
         started = time.monotonic()
         waiter.send_signal(signal.SIGTERM)
         assert waiter.wait(timeout=10) == 1
